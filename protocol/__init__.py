@@ -1,0 +1,1 @@
+"""Tandem's wire contract: message types, codec and transport (no torch, no models)."""

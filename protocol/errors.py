@@ -1,0 +1,27 @@
+"""The one small error hierarchy shared by every Tandem process."""
+
+from __future__ import annotations
+
+
+class TandemError(Exception):
+    """Base class for every error Tandem raises on purpose."""
+
+
+class ConfigError(TandemError, ValueError):
+    """A configuration file or value is invalid; the message names the key."""
+
+
+class RequestError(TandemError, ValueError):
+    """A request is invalid (empty prompt, bad sampling value, ...); the message names the field."""
+
+
+class ModelMismatchError(TandemError, ValueError):
+    """Two models cannot work together (vocabulary, tokenizer, hidden size); names both sides."""
+
+
+class ProtocolError(TandemError):
+    """A message is malformed, oversized or from an incompatible protocol version."""
+
+
+class WorkerDeadError(TandemError):
+    """A worker or the coordinator stopped answering within its timeout."""

@@ -1,0 +1,1 @@
+"""Coordinator side: speculative loop, scheduling, config, launch and client."""

@@ -1,0 +1,1 @@
+"""Drafters: falcon (semi-autoregressive), model (small HF LM), ngram (prompt lookup)."""

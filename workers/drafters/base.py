@@ -1,0 +1,114 @@
+"""The one interface every drafter implements.
+
+A `Drafter` holds the model (if any) and opens a `DraftSession` per request. A session keeps the
+committed tokens and a *living tree* below the root: `grow()` adds nodes (one drafter step),
+`snapshot()` hands out an ancestor-closed part for verification, and `commit()` applies a
+verification result by re-rooting the tree when the bonus token is one of its nodes, or by rolling
+back to the committed prefix when it is not.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+
+from workers.tree import DraftTree
+from workers.tree_policy import TreeConfig
+
+
+class DraftSession(ABC):
+    """Drafting state of one request. Subclasses own their caches; this class owns the tree."""
+
+    tokens_per_step: int = 1  # tree levels one `grow()` can add (k for a semi-autoregressive drafter)
+
+    def __init__(self, committed_ids: Sequence[int], config: TreeConfig) -> None:
+        if not committed_ids:
+            raise ValueError("a draft session needs at least one committed token (the root)")
+        self.committed_ids = list(committed_ids)
+        self.config = config
+        self.tree = DraftTree.empty()
+        self.num_reroot_hits = 0
+        self.num_commits = 0
+
+    @property
+    def root_token(self) -> int:
+        return self.committed_ids[-1]
+
+    @abstractmethod
+    def grow(self) -> bool:
+        """Run one drafter step on the living tree; False when it cannot grow any further."""
+
+    def draft(self) -> DraftTree:
+        """Sync mode: grow enough steps to reach the depth budget, then take a snapshot."""
+        for _ in range(math.ceil(self.config.depth / self.tokens_per_step)):
+            if not self.grow():
+                break
+        return self.snapshot()
+
+    def snapshot(self, total_tokens: int | None = None) -> DraftTree:
+        return self.tree.snapshot(total_tokens or self.config.total_tokens, self.config.depth)
+
+    def commit(self, new_token_ids: Sequence[int], features: torch.Tensor | None = None) -> bool:
+        """Apply a verification: accepted tokens then the bonus token. Returns True on a re-root hit.
+
+        `features` ([len(new_token_ids), H]) are the target's features at the old root and the
+        accepted nodes, i.e. at every position that has just become part of the committed cache.
+        """
+        if not new_token_ids:
+            raise ValueError("a commit carries at least the bonus token")
+        path = self.tree.follow(new_token_ids)
+        is_hit = len(path) == len(new_token_ids)
+        old_len = len(self.committed_ids)
+        self.committed_ids.extend(int(t) for t in new_token_ids)
+        self.num_commits += 1
+        if is_hit:
+            self.num_reroot_hits += 1
+            self._on_reroot(path, old_len, features)
+            self.tree = self.tree.subtree(path[-1])
+        else:
+            self._on_rollback(old_len, features)
+            self.tree = DraftTree.empty()
+        return is_hit
+
+    def reset(self, committed_ids: Sequence[int], features: torch.Tensor | None = None) -> None:
+        """Rebuild from a committed prefix alone (the coordinator's authoritative copy)."""
+        self.committed_ids = list(committed_ids)
+        self.tree = DraftTree.empty()
+        self._on_reset(features)
+
+    def _on_reroot(self, path: list[int], old_len: int, features: torch.Tensor | None) -> None:
+        """Caches follow a re-root at `path[-1]`; by default this is a rollback."""
+        self._on_rollback(old_len, features)
+
+    @abstractmethod
+    def _on_rollback(self, old_len: int, features: torch.Tensor | None) -> None:
+        """Caches drop the tree and absorb the newly committed tokens (and features)."""
+
+    @abstractmethod
+    def _on_reset(self, features: torch.Tensor | None) -> None:
+        """Caches are rebuilt from `self.committed_ids` (and features of all but the root)."""
+
+    def release(self) -> None:
+        """Free per-request memory."""
+        self.tree = DraftTree.empty()
+
+
+class Drafter(ABC):
+    """Holds a drafter's model (if any) and opens sessions."""
+
+    needs_features: bool = False  # whether sessions read the target's last-layer features
+
+    @abstractmethod
+    def open(self, committed_ids: Sequence[int], config: TreeConfig,
+             features: torch.Tensor | None = None) -> DraftSession:
+        """Start drafting for a request whose committed prefix is `committed_ids`.
+
+        `features` ([len(committed_ids) - 1, H]) are the target's features at every committed
+        position but the root; drafters that do not read features ignore them.
+        """
+
+    def check_target(self, vocab_size: int, hidden_size: int) -> None:
+        """Raise ModelMismatchError when this drafter cannot serve the given target."""

@@ -1,0 +1,226 @@
+"""Falcon drafter (DESIGN.md §7): a semi-autoregressive session that grows k tree levels per forward
+from the target's features, with lazy prefill and a KV cache of committed pairs then tree pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from protocol.errors import ModelMismatchError
+from workers.drafters.base import Drafter, DraftSession
+from workers.drafters.falcon_model import FalconDrafterModel
+from workers.drafters.falcon_tree import COMMITTED, PLACEHOLDER, TREE_PAIR, Entries, expand_blocks, visibility
+from workers.kv_cache import cache_length, crop, new_cache
+from workers.tree import ROOT
+from workers.tree_mask import additive_mask
+from workers.tree_policy import TreeConfig, pick_expansions
+
+
+class FalconDrafter(Drafter):
+    """Holds one Falcon drafter model on its device; sessions share it."""
+
+    needs_features = True
+
+    def __init__(self, model: FalconDrafterModel, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.model = model.place(device, dtype)
+
+    @classmethod
+    def from_pretrained(cls, drafter_dir: str | Path, target_dir: str | Path,
+                        device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> FalconDrafter:
+        model = FalconDrafterModel.load(drafter_dir, target_dir=target_dir, dtype=dtype, device=device)
+        return cls(model, device, dtype)
+
+    def open(self, committed_ids: Sequence[int], config: TreeConfig,
+             features: torch.Tensor | None = None) -> FalconSession:
+        return FalconSession(self.model, committed_ids, config, features)
+
+    def check_target(self, vocab_size: int, hidden_size: int) -> None:
+        ours = self.model.config
+        if (ours.vocab_size, ours.hidden_size) != (vocab_size, hidden_size):
+            raise ModelMismatchError(
+                f"falcon drafter has vocab_size={ours.vocab_size}, hidden_size={ours.hidden_size}; "
+                f"target has vocab_size={vocab_size}, hidden_size={hidden_size}")
+
+
+class FalconSession(DraftSession):
+    """One request. Cache slots [0, num_cached_committed) hold committed pairs t = slot (true features);
+    later slots hold tree pairs (predicted features), recorded per node in `_slots` (-1 = not cached).
+    Committed pairs not yet computed wait in `_pending` and go first into the next forward.
+    """
+
+    cache: DynamicCache
+    num_cached_committed: int
+    _features: torch.Tensor  # [N, H] aligned with self.tree
+    _slots: torch.Tensor  # [N] long
+    _pending: torch.Tensor  # [P, H] true features of committed pairs not yet cached
+    _root_output: torch.Tensor | None
+
+    def __init__(self, model: FalconDrafterModel, committed_ids: Sequence[int], config: TreeConfig,
+                 features: torch.Tensor | None) -> None:
+        super().__init__(committed_ids, config)
+        self.model = model
+        self.tokens_per_step = model.config.block_size
+        self._on_reset(features)
+
+    @property
+    def node_features(self) -> torch.Tensor:
+        """[N, H] per tree node: the predicted feature its pair fuses with its token (the output that
+        predicted it)."""
+        return self._features
+
+    def grow(self) -> bool:
+        if len(self.committed_ids) < 2:
+            return False  # no committed pair yet, so nothing predicts the root's children
+        nodes = pick_expansions(self.tree, self.config)  # [E], ROOT = the root
+        if nodes.numel() == 0:
+            return False
+        with torch.no_grad():
+            outputs = self._run_blocks(nodes)  # [E, k, H]
+            probs = torch.softmax(self.model.logits(outputs).float(), dim=-1)  # [E, k, V]
+        self.tree, new_features = expand_blocks(self.tree, nodes, probs, outputs, self.config)
+        self._features = torch.cat([self._features, new_features])
+        self._slots = torch.cat([self._slots, torch.full((new_features.shape[0],), -1, dtype=torch.long)])
+        return True
+
+    def _run_blocks(self, nodes: torch.Tensor) -> torch.Tensor:
+        """One forward: pending committed pairs, missing path pairs, k-1 placeholders per block."""
+        ancestors = self.tree.ancestors()  # [N, N]
+        pairs = self._pairs_to_feed(nodes, ancestors)  # [M]
+        queries = self._query_entries(pairs, nodes)
+        keys = Entries.cat([self._cache_entries(), queries])
+        device, dtype = self._features.device, self._features.dtype
+        mask = additive_mask(visibility(queries, keys, ancestors), dtype).to(device)  # [1, 1, Q, L+Q]
+        past_len = cache_length(self.cache)
+        hidden: torch.Tensor = self.model(self._inputs(pairs, nodes.numel()), mask,
+                                          queries.positions[None].to(device), self.cache)
+        return self._absorb(hidden[0], past_len, pairs, nodes)
+
+    def _pairs_to_feed(self, nodes: torch.Tensor, ancestors: torch.Tensor) -> torch.Tensor:
+        """[M] tree nodes on the expanded nodes' root paths whose pairs are not cached (sorted)."""
+        inner = nodes[nodes >= 0]
+        if inner.numel() == 0:
+            return torch.zeros(0, dtype=torch.long)
+        # expanded nodes are leaves, and only expansions cache a pair, so their own outputs are always fresh
+        if bool((self._slots[inner] >= 0).any()):
+            raise RuntimeError("an expanded node's pair is already cached; its output was not kept")
+        return torch.nonzero(ancestors[inner].any(dim=0) & (self._slots < 0)).flatten()
+
+    def _query_entries(self, pairs: torch.Tensor, nodes: torch.Tensor) -> Entries:
+        last_pair = len(self.committed_ids) - 2  # position of the root's pair
+        committed = Entries.build(COMMITTED, torch.arange(self.num_cached_committed, last_pair + 1))
+        tree_pairs = Entries.build(TREE_PAIR, last_pair + self.tree.depths[pairs], nodes=pairs)
+        num_blocks, num_placeholders = nodes.numel(), self.tokens_per_step - 1
+        depths = torch.zeros_like(nodes)
+        depths[nodes >= 0] = self.tree.depths[nodes[nodes >= 0]]
+        offsets = torch.arange(1, num_placeholders + 1)  # placeholder j sits at block pair position + j
+        placeholders = Entries.build(
+            PLACEHOLDER, (last_pair + depths[:, None] + offsets[None, :]).flatten(),
+            nodes=nodes.repeat_interleave(num_placeholders),
+            blocks=torch.arange(num_blocks).repeat_interleave(num_placeholders))
+        return Entries.cat([committed, tree_pairs, placeholders])
+
+    def _cache_entries(self) -> Entries:
+        """Descriptors of the cached slots: committed pairs, then tree pairs by slot."""
+        num_committed = self.num_cached_committed
+        num_tree = cache_length(self.cache) - num_committed
+        cached = torch.nonzero(self._slots >= 0).flatten()
+        slot_nodes = torch.full((num_tree,), ROOT, dtype=torch.long)
+        slot_nodes[self._slots[cached] - num_committed] = cached
+        positions = len(self.committed_ids) - 2 + self.tree.depths[slot_nodes]
+        return Entries.cat([Entries.build(COMMITTED, torch.arange(num_committed)),
+                            Entries.build(TREE_PAIR, positions, nodes=slot_nodes)])
+
+    def _inputs(self, pairs: torch.Tensor, num_blocks: int) -> torch.Tensor:
+        """[1, Q, H]: fused committed pairs, fused tree pairs, placeholders."""
+        device = self._features.device
+        next_ids = torch.tensor(self.committed_ids[self.num_cached_committed + 1:], dtype=torch.long)  # [P]
+        committed = self.model.fuse(self._pending[None], next_ids[None].to(device))  # [1, P, H]
+        tree_ids = self.tree.token_ids[pairs]  # [M]
+        tree = self.model.fuse(self._features[pairs.to(device)][None], tree_ids[None].to(device))  # [1, M, H]
+        placeholders = self.model.placeholders(num_blocks * (self.tokens_per_step - 1))
+        return torch.cat([committed, tree, placeholders], dim=1)
+
+    def _absorb(self, hidden: torch.Tensor, past_len: int, pairs: torch.Tensor,
+                nodes: torch.Tensor) -> torch.Tensor:
+        """Keep the new pairs' KV, drop the placeholders'; return block outputs [E, k, H]."""
+        num_pending, num_pairs = self._pending.shape[0], pairs.numel()
+        crop(self.cache, past_len + num_pending + num_pairs)  # placeholders were fed last
+        self._slots[pairs] = past_len + num_pending + torch.arange(num_pairs)
+        self.num_cached_committed += num_pending
+        if num_pending:
+            self._root_output = hidden[num_pending - 1].clone()  # output of the root's pair (t = C-2)
+        self._pending = self._pending[:0]
+        pair_out = self._block_pair_outputs(hidden, num_pending, pairs, nodes)  # [E, H]
+        num_blocks, num_placeholders = nodes.numel(), self.tokens_per_step - 1
+        placeholder_out = hidden[num_pending + num_pairs:].reshape(num_blocks, num_placeholders,
+                                                                   hidden.shape[-1])  # [E, k-1, H]
+        return torch.cat([pair_out[:, None], placeholder_out], dim=1)
+
+    def _block_pair_outputs(self, hidden: torch.Tensor, num_pending: int, pairs: torch.Tensor,
+                            nodes: torch.Tensor) -> torch.Tensor:
+        """[E, H] output of each block's pair: the root's pair for ROOT, else the node's new pair row."""
+        is_root = nodes == ROOT
+        out = hidden.new_empty(nodes.numel(), hidden.shape[-1])
+        if bool(is_root.any()):
+            if self._root_output is None:
+                raise RuntimeError("the root's pair output is unknown")
+            out[is_root.to(hidden.device)] = self._root_output
+        rows = num_pending + torch.searchsorted(pairs, nodes[~is_root])  # `pairs` is sorted
+        out[(~is_root).to(hidden.device)] = hidden[rows.to(hidden.device)]
+        return out
+
+    def _on_reroot(self, path: list[int], old_len: int, features: torch.Tensor | None) -> None:
+        new = self._check_features(features, len(self.committed_ids) - old_len)
+        below = self.tree.ancestors()[:, path[-1]].clone()  # same rows DraftTree.subtree keeps, same order
+        below[path[-1]] = False
+        keep = torch.nonzero(below).flatten()
+        self._features = self._features[keep.to(self._features.device)]
+        self._slots = torch.full((keep.numel(),), -1, dtype=torch.long)
+        self._absorb_commit(new)
+
+    def _on_rollback(self, old_len: int, features: torch.Tensor | None) -> None:
+        new = self._check_features(features, len(self.committed_ids) - old_len)
+        self._features, self._slots = self._features[:0], self._slots[:0]
+        self._absorb_commit(new)
+
+    def _absorb_commit(self, new: torch.Tensor) -> None:
+        """Queue the newly committed pairs ([num_new, H] true features) behind the cached ones."""
+        # tree pairs were fed predicted features: drop all their KV (survivors recompute lazily)
+        crop(self.cache, self.num_cached_committed)
+        self._pending = torch.cat([self._pending, new])
+        self._root_output = None
+
+    def _on_reset(self, features: torch.Tensor | None) -> None:
+        hidden_size = self.model.config.hidden_size
+        param = self.model.placeholder
+        self.cache = new_cache()
+        self.num_cached_committed = 0
+        self._features = param.new_zeros(0, hidden_size).detach()  # [N, H]
+        self._slots = torch.zeros(0, dtype=torch.long)  # [N] cache slot of each node's pair, -1 = none
+        self._root_output = None  # [H] output of the root's pair, once computed
+        self._pending = self._check_features(features, len(self.committed_ids) - 1)  # [P, H]
+
+    def _check_features(self, features: torch.Tensor | None, num_rows: int) -> torch.Tensor:
+        hidden_size = self.model.config.hidden_size
+        if features is None:
+            raise ValueError("the falcon drafter needs the target's features of every committed position")
+        if tuple(features.shape) != (num_rows, hidden_size):
+            raise ValueError(f"expected features of shape [{num_rows}, {hidden_size}], "
+                             f"got {list(features.shape)}")
+        param = self.model.placeholder
+        return features.detach().to(device=param.device, dtype=param.dtype)
+
+    def release(self) -> None:
+        """Free the cache and tree; the session is unusable until `reset()`."""
+        super().release()
+        self.cache = new_cache()
+        self.num_cached_committed = 0
+        self._features, self._slots = self._features[:0], self._slots[:0]
+        self._pending = self._pending[:0]
+        self._root_output = None

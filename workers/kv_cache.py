@@ -1,0 +1,48 @@
+"""KV-cache rollback and compaction on a transformers `DynamicCache`.
+
+We edit each layer's `keys` / `values` ([B, heads, S, head_dim]) directly instead of calling
+`DynamicCache.crop`, whose argument changed meaning across 5.x releases (an absolute length in
+early 5.x; only a negative "tokens to remove" from 5.2x on). Caches are created without a config,
+so every layer is a plain `DynamicLayer` whose length is the tensor's length.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+
+def new_cache() -> DynamicCache:
+    """A cache of plain full-attention layers (no sliding-window trimming)."""
+    return DynamicCache()
+
+
+def cache_length(cache: DynamicCache) -> int:
+    return int(cache.get_seq_length())
+
+
+def crop(cache: DynamicCache, length: int) -> None:
+    """Keep the first `length` positions of every layer."""
+    if length < 0 or length > cache_length(cache):
+        raise ValueError(f"cannot crop a cache of {cache_length(cache)} positions to {length}")
+    for layer in cache.layers:
+        if getattr(layer, "is_initialized", True) and layer.keys is not None:
+            layer.keys = layer.keys[..., :length, :]
+            layer.values = layer.values[..., :length, :]
+
+
+def keep_positions(cache: DynamicCache, start: int, positions: torch.Tensor) -> None:
+    """Keep positions [0, start) followed by `positions` (each >= start, in the given order).
+
+    This is the compaction after verification: the accepted path's entries move right after the
+    committed prefix and everything else is dropped, with one gather per layer.
+    """
+    length = cache_length(cache)
+    if positions.numel() and (int(positions.min()) < start or int(positions.max()) >= length):
+        raise ValueError(f"positions must lie in [{start}, {length}), got {positions.tolist()}")
+    index = torch.cat([torch.arange(start), positions.cpu().to(torch.long)])
+    for layer in cache.layers:
+        if getattr(layer, "is_initialized", True) and layer.keys is not None:
+            device_index = index.to(layer.keys.device)
+            layer.keys = layer.keys.index_select(-2, device_index)
+            layer.values = layer.values.index_select(-2, device_index)

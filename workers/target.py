@@ -1,0 +1,119 @@
+"""The target verifier: prefill, one-forward tree verification, KV compaction and rollback.
+
+Works with any Hugging Face causal LM whose decoder takes a 4-D additive attention mask and explicit
+position ids (Llama, Qwen2, Mistral and their relatives), with `eager` or `sdpa` attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache
+
+from protocol.errors import ProtocolError, RequestError
+from workers import kv_cache
+from workers.tree import DraftTree
+from workers.tree_mask import tree_mask
+
+
+@dataclass
+class VerifierState:
+    """One request's target cache. Invariant: `cache` holds exactly x[0 .. length)."""
+
+    cache: DynamicCache = field(default_factory=kv_cache.new_cache)
+    length: int = 0
+    pending: int = 0  # positions appended by the last verify(), waiting for accept()
+
+
+class TargetVerifier:
+    """Wraps a loaded HF causal LM; holds no per-request state itself."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model.eval()
+        self.config = model.config
+        self.decoder = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        self.vocab_size = int(self.lm_head.weight.shape[0])
+        self.hidden_size = int(self.config.hidden_size)
+        self.max_positions = int(getattr(self.config, "max_position_embeddings", 2**31 - 1))
+        window = getattr(self.config, "sliding_window", None)
+        use_window = getattr(self.config, "use_sliding_window", True)
+        self.sliding_window = int(window) if window and use_window else None
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                        attn_implementation: str = "sdpa") -> TargetVerifier:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+        return cls(model.to(device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def check_prompt(self, prompt_ids: Sequence[int], max_new_tokens: int = 0) -> None:
+        if len(prompt_ids) == 0:
+            raise RequestError("prompt is empty: give at least one token")
+        if len(prompt_ids) + max_new_tokens > self.max_positions:
+            raise RequestError(f"prompt of {len(prompt_ids)} tokens + max_new_tokens {max_new_tokens} exceeds "
+                               f"the model's context of {self.max_positions} positions")
+        bad = [t for t in prompt_ids if not 0 <= int(t) < self.vocab_size]
+        if bad:
+            raise RequestError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+
+    @torch.inference_mode()
+    def prefill(self, state: VerifierState, prompt_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the prompt. Returns logits after its last token [V] and features at every position [P, H]."""
+        self.check_prompt(prompt_ids)
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
+        out = self.decoder(input_ids=ids, past_key_values=state.cache, use_cache=True)
+        hidden = out.last_hidden_state[0]  # [P, H]
+        state.length = len(prompt_ids)
+        return self.lm_head(hidden[-1:])[0].float(), hidden
+
+    @torch.inference_mode()
+    def verify(self, state: VerifierState, root_token: int, tree: DraftTree,
+               max_nodes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward over root + tree after the committed prefix.
+
+        The cache must hold x[0 .. C-1) (root excluded). Returns logits [N+1, V] (row 0 = after the
+        root) and features [N+1, H]; the new entries stay in the cache until `accept`.
+        """
+        if max_nodes is not None and tree.num_nodes > max_nodes:
+            raise ProtocolError(f"draft tree has {tree.num_nodes} nodes, more than the budget of {max_nodes} "
+                                "(speculation.tree.total_tokens)")
+        if tree.num_nodes and int(tree.token_ids.max()) >= self.vocab_size or bool((tree.token_ids < 0).any()):
+            raise ProtocolError(f"draft tree holds token ids outside the vocabulary [0, {self.vocab_size})")
+        if state.pending:
+            raise RuntimeError("verify() called twice without accept(): the cache holds unaccepted entries")
+        past = state.length
+        if past + 1 + tree.max_depth > self.max_positions:
+            raise RequestError(f"sequence would reach position {past + tree.max_depth}, beyond the model's "
+                               f"context of {self.max_positions}")
+        mask, positions = tree_mask(tree, past, self.dtype, self.sliding_window)
+        ids = torch.cat([torch.tensor([root_token]), tree.token_ids])[None].to(self.device)
+        out = self.decoder(input_ids=ids, attention_mask=mask.to(self.device),
+                           position_ids=positions.to(self.device), past_key_values=state.cache, use_cache=True)
+        hidden = out.last_hidden_state[0]  # [N+1, H]
+        state.pending = tree.num_nodes + 1
+        return self.lm_head(hidden).float(), hidden
+
+    def accept(self, state: VerifierState, path: torch.Tensor) -> None:
+        """Keep the root and the accepted nodes' entries right after the prefix; drop the rest."""
+        root_slot = state.length
+        keep = torch.cat([torch.tensor([root_slot]), root_slot + 1 + path.cpu().to(torch.long)])
+        kv_cache.keep_positions(state.cache, root_slot, keep)
+        state.length = root_slot + keep.numel()
+        state.pending = 0
+
+    def rollback(self, state: VerifierState, length: int) -> None:
+        """Crop the cache to the first `length` committed positions."""
+        kv_cache.crop(state.cache, length)
+        state.length = length
+        state.pending = 0

@@ -1,0 +1,144 @@
+"""The draft tree: tokens hanging below a root, with drafter probabilities.
+
+Nodes are kept in topological order (a parent's index is always below its children's), so every
+operation here is a handful of tensor ops, never a walk over nodes in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+ROOT = -1  # parent index of a depth-1 node
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    """Immutable draft tree below a root token.
+
+    token_ids: [N] long, parents: [N] long (ROOT for depth 1), probs: [N] float = drafter q(token | path),
+    depths: [N] long (1 = child of the root).
+    """
+
+    token_ids: torch.Tensor
+    parents: torch.Tensor
+    probs: torch.Tensor
+    depths: torch.Tensor
+
+    @staticmethod
+    def empty() -> DraftTree:
+        long = torch.zeros(0, dtype=torch.long)
+        return DraftTree(long, long.clone(), torch.zeros(0), long.clone())
+
+    @staticmethod
+    def from_lists(token_ids: Sequence[int], parents: Sequence[int], probs: Sequence[float]) -> DraftTree:
+        tree = DraftTree.empty()
+        return tree.add(torch.tensor(parents, dtype=torch.long), torch.tensor(token_ids, dtype=torch.long),
+                        torch.tensor(probs, dtype=torch.float32)) if len(token_ids) else tree
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.token_ids.numel())
+
+    @property
+    def max_depth(self) -> int:
+        return int(self.depths.max()) if self.num_nodes else 0
+
+    def add(self, parents: torch.Tensor, token_ids: torch.Tensor, probs: torch.Tensor) -> DraftTree:
+        """Append nodes. A parent is ROOT, an existing node, or a node earlier in this same batch."""
+        parents = parents.to(torch.long).reshape(-1)
+        new_index = self.num_nodes + torch.arange(parents.numel())
+        if bool((parents >= new_index).any()) or bool((parents < ROOT).any()):
+            raise ValueError(f"parent indices {parents.tolist()} must be {ROOT} or refer to earlier nodes")
+        all_parents = torch.cat([self.parents, parents])
+        depths = torch.cat([self.depths, torch.zeros_like(parents)])
+        unknown = torch.zeros_like(depths, dtype=torch.bool)
+        unknown[self.num_nodes:] = True
+        while bool(unknown.any()):  # one pass per level inside the batch
+            parent_known = (all_parents == ROOT) | ~unknown[all_parents.clamp(min=0)]
+            ready = unknown & parent_known
+            parent_depth = torch.where(all_parents == ROOT, 0, depths[all_parents.clamp(min=0)])
+            depths = torch.where(ready, parent_depth + 1, depths)
+            unknown &= ~ready
+        return DraftTree(
+            torch.cat([self.token_ids, token_ids.to(torch.long).reshape(-1)]),
+            all_parents,
+            torch.cat([self.probs, probs.to(torch.float32).reshape(-1)]),
+            depths,
+        )
+
+    def ancestors(self) -> torch.Tensor:
+        """[N, N] bool: entry (i, j) is True when node j is node i or one of its ancestors."""
+        n = self.num_nodes
+        matrix = torch.zeros(n, n, dtype=torch.bool)
+        rows = torch.arange(n)
+        current = rows.clone()
+        for _ in range(self.max_depth):  # one pointer jump per level, not per node
+            valid = current >= 0
+            matrix[rows[valid], current[valid]] = True
+            current = torch.where(valid, self.parents[current.clamp(min=0)], ROOT)
+        return matrix
+
+    def path_probs(self) -> torch.Tensor:
+        """[N] product of drafter probabilities from the root down to each node."""
+        if not self.num_nodes:
+            return torch.zeros(0)
+        log_probs = self.probs.clamp(min=1e-30).log()
+        return torch.exp(self.ancestors().to(log_probs.dtype) @ log_probs)
+
+    def select(self, keep: torch.Tensor) -> DraftTree:
+        """Sub-tree made of the ancestor-closed node set `keep` (any order); indices are renumbered."""
+        keep = torch.sort(keep.to(torch.long)).values
+        new_index = torch.full((self.num_nodes,), ROOT, dtype=torch.long)
+        new_index[keep] = torch.arange(keep.numel())
+        old_parents = self.parents[keep]
+        parents = torch.where(old_parents == ROOT, ROOT, new_index[old_parents.clamp(min=0)])
+        if bool(((old_parents != ROOT) & (parents == ROOT)).any()):
+            raise ValueError("selection is not ancestor-closed")
+        return DraftTree(self.token_ids[keep], parents, self.probs[keep], self.depths[keep])
+
+    def best_nodes(self, total_tokens: int, max_depth: int | None = None) -> torch.Tensor:
+        """Indices of the `total_tokens` nodes of highest path probability (ancestor-closed, sorted).
+
+        A child's path probability never exceeds its parent's, and ties go to the lower index, so the
+        top of this order always contains a node's ancestors.
+        """
+        candidates = torch.arange(self.num_nodes)
+        if max_depth is not None:
+            candidates = candidates[self.depths <= max_depth]
+        if candidates.numel() <= total_tokens:
+            return candidates
+        scores = self.path_probs()[candidates].double() - candidates.double() * 1e-12
+        top = torch.topk(scores, total_tokens).indices
+        return torch.sort(candidates[top]).values
+
+    def snapshot(self, total_tokens: int, max_depth: int | None = None) -> DraftTree:
+        """Ancestor-closed part of at most `total_tokens` nodes, chosen by path probability."""
+        return self.select(self.best_nodes(total_tokens, max_depth))
+
+    def subtree(self, node: int) -> DraftTree:
+        """The nodes below `node`, re-rooted so that `node` becomes the root."""
+        below = self.ancestors()[:, node].clone()
+        below[node] = False
+        keep = torch.nonzero(below).flatten()  # ascending: topological order is kept
+        new_index = torch.full((self.num_nodes,), ROOT, dtype=torch.long)
+        new_index[keep] = torch.arange(keep.numel())
+        parents = new_index[self.parents[keep]]  # children of `node` map to ROOT
+        return DraftTree(self.token_ids[keep], parents, self.probs[keep], self.depths[keep] - self.depths[node])
+
+    def follow(self, token_ids: Sequence[int]) -> list[int]:
+        """Node indices along the path spelled by `token_ids`, as far as the tree goes."""
+        path: list[int] = []
+        parent = ROOT
+        for token in token_ids:  # one step per committed token, bounded by the tree depth
+            match = torch.nonzero((self.parents == parent) & (self.token_ids == token)).flatten()
+            if match.numel() == 0:
+                break
+            parent = int(match[0])
+            path.append(parent)
+        return path
+
+    def children(self, node: int) -> torch.Tensor:
+        return torch.nonzero(self.parents == node).flatten()
