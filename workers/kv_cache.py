@@ -8,6 +8,8 @@ so every layer is a plain `DynamicLayer` whose length is the tensor's length.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import DynamicCache
 
@@ -25,7 +27,8 @@ def crop(cache: DynamicCache, length: int) -> None:
     """Keep the first `length` positions of every layer."""
     if length < 0 or length > cache_length(cache):
         raise ValueError(f"cannot crop a cache of {cache_length(cache)} positions to {length}")
-    for layer in cache.layers:
+    layers: list[Any] = list(cache.layers)  # DynamicLayer: .keys / .values [B, heads, S, D]
+    for layer in layers:
         if getattr(layer, "is_initialized", True) and layer.keys is not None:
             layer.keys = layer.keys[..., :length, :]
             layer.values = layer.values[..., :length, :]
@@ -41,7 +44,8 @@ def keep_positions(cache: DynamicCache, start: int, positions: torch.Tensor) -> 
     if positions.numel() and (int(positions.min()) < start or int(positions.max()) >= length):
         raise ValueError(f"positions must lie in [{start}, {length}), got {positions.tolist()}")
     index = torch.cat([torch.arange(start), positions.cpu().to(torch.long)])
-    for layer in cache.layers:
+    layers: list[Any] = list(cache.layers)  # DynamicLayer: .keys / .values [B, heads, S, D]
+    for layer in layers:
         if getattr(layer, "is_initialized", True) and layer.keys is not None:
             device_index = index.to(layer.keys.device)
             layer.keys = layer.keys.index_select(-2, device_index)

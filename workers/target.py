@@ -46,16 +46,19 @@ class TargetVerifier:
     @classmethod
     def from_pretrained(cls, path: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
                         attn_implementation: str = "sdpa") -> TargetVerifier:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+        auto: Any = AutoModelForCausalLM  # typed as a decorator wrapper in transformers' stubs
+        model = auto.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
         return cls(model.to(device))
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        device: torch.device = self.lm_head.weight.device
+        return device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        dtype: torch.dtype = self.lm_head.weight.dtype
+        return dtype
 
     def check_prompt(self, prompt_ids: Sequence[int], max_new_tokens: int = 0) -> None:
         if len(prompt_ids) == 0:
@@ -88,7 +91,7 @@ class TargetVerifier:
         if max_nodes is not None and tree.num_nodes > max_nodes:
             raise ProtocolError(f"draft tree has {tree.num_nodes} nodes, more than the budget of {max_nodes} "
                                 "(speculation.tree.total_tokens)")
-        if tree.num_nodes and int(tree.token_ids.max()) >= self.vocab_size or bool((tree.token_ids < 0).any()):
+        if (tree.num_nodes and int(tree.token_ids.max()) >= self.vocab_size) or bool((tree.token_ids < 0).any()):
             raise ProtocolError(f"draft tree holds token ids outside the vocabulary [0, {self.vocab_size})")
         if state.pending:
             raise RuntimeError("verify() called twice without accept(): the cache holds unaccepted entries")

@@ -12,6 +12,8 @@ from runtime.generate import speculative_generate
 from runtime.stopping import StopRules
 from tests.models import hf_greedy, tiny_model, top2_gap
 from workers.drafters.base import Drafter
+from workers.drafters.falcon import FalconDrafter
+from workers.drafters.falcon_model import FalconConfig, FalconDrafterModel
 from workers.drafters.model import ModelDrafter
 from workers.drafters.ngram import NgramDrafter
 from workers.target import TargetVerifier
@@ -40,7 +42,19 @@ def reference(arch: str, length: int, seed: int) -> tuple[int, ...]:
     return tuple(hf_greedy(target(arch), prompt(length, seed), MAX_NEW))
 
 
+def falcon(arch: str, block_size: int) -> FalconDrafter:
+    """An untrained Falcon drafter on the target's frozen embedding and LM head."""
+    model = target(arch)
+    torch.manual_seed(block_size)
+    config = FalconConfig.from_target_config(model.config, block_size=block_size)
+    embed = model.get_input_embeddings().weight.detach()
+    head = model.get_output_embeddings().weight.detach()
+    return FalconDrafter(FalconDrafterModel(config, embed, head))
+
+
 def make_drafter(kind: str, arch: str) -> Drafter | None:
+    if kind.startswith("falcon-k"):
+        return falcon(arch, int(kind[-1]))
     if kind == "off":
         return None
     if kind == "ngram":
@@ -60,7 +74,7 @@ def assert_lossless(model: Any, ids: list[int], got: list[int], want: list[int])
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
-@pytest.mark.parametrize("kind", ["off", "ngram", "model-small", "model-self"])
+@pytest.mark.parametrize("kind", ["off", "ngram", "model-small", "model-self", "falcon-k1", "falcon-k2", "falcon-k3"])
 @pytest.mark.parametrize("tree", [DYNAMIC, STATIC], ids=["dynamic", "static"])
 def test_greedy_equals_hf_generate(arch: str, kind: str, tree: TreeConfig) -> None:
     verifier = TargetVerifier(target(arch))

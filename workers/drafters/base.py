@@ -59,6 +59,7 @@ class DraftSession(ABC):
         """
         if not new_token_ids:
             raise ValueError("a commit carries at least the bonus token")
+        self._check_commit_features(len(new_token_ids), features)  # before any state changes
         path = self.tree.follow(new_token_ids)
         is_hit = len(path) == len(new_token_ids)
         old_len = len(self.committed_ids)
@@ -78,6 +79,9 @@ class DraftSession(ABC):
         self.committed_ids = list(committed_ids)
         self.tree = DraftTree.empty()
         self._on_reset(features)
+
+    def _check_commit_features(self, num_new: int, features: torch.Tensor | None) -> None:  # noqa: B027
+        """Raise ValueError when a commit's features are unusable (default: features are not read)."""
 
     def _on_reroot(self, path: list[int], old_len: int, features: torch.Tensor | None) -> None:
         """Caches follow a re-root at `path[-1]`; by default this is a rollback."""
@@ -110,5 +114,5 @@ class Drafter(ABC):
         position but the root; drafters that do not read features ignore them.
         """
 
-    def check_target(self, vocab_size: int, hidden_size: int) -> None:
-        """Raise ModelMismatchError when this drafter cannot serve the given target."""
+    def check_target(self, vocab_size: int, hidden_size: int) -> None:  # noqa: B027 - optional hook
+        """Raise ModelMismatchError when this drafter cannot serve the given target (default: any fits)."""

@@ -175,6 +175,9 @@ class FalconSession(DraftSession):
         out[(~is_root).to(hidden.device)] = hidden[rows.to(hidden.device)]
         return out
 
+    def _check_commit_features(self, num_new: int, features: torch.Tensor | None) -> None:
+        self._check_features(features, num_new)
+
     def _on_reroot(self, path: list[int], old_len: int, features: torch.Tensor | None) -> None:
         new = self._check_features(features, len(self.committed_ids) - old_len)
         below = self.tree.ancestors()[:, path[-1]].clone()  # same rows DraftTree.subtree keeps, same order

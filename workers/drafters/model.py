@@ -165,12 +165,14 @@ class ModelDrafter(Drafter):
     @classmethod
     def from_pretrained(cls, path: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
                         attn_implementation: str = "sdpa") -> ModelDrafter:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+        auto: Any = AutoModelForCausalLM  # typed as a decorator wrapper in transformers' stubs
+        model = auto.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
         return cls(model.to(device))
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        dtype: torch.dtype = self.lm_head.weight.dtype
+        return dtype
 
     def check_target(self, vocab_size: int, hidden_size: int) -> None:
         if vocab_size != self.vocab_size:
@@ -186,8 +188,10 @@ class ModelDrafter(Drafter):
         device = self.lm_head.weight.device
         out = self.decoder(input_ids=tokens[None].to(device), position_ids=positions[None].to(device),
                            attention_mask=mask.to(device), past_key_values=cache, use_cache=True)
-        return out.last_hidden_state[0]  # [Q, H]
+        hidden: torch.Tensor = out.last_hidden_state[0]  # [Q, H]
+        return hidden
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float().cpu()
+        logits: torch.Tensor = self.lm_head(hidden).float().cpu()
+        return logits

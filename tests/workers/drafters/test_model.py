@@ -73,5 +73,5 @@ def test_after_commits_drafts_equal_a_fresh_session(commits: list[list[int]]) ->
 
 def test_vocab_mismatch_names_both_sides() -> None:
     drafter = ModelDrafter(tiny_model("llama", vocab_size=80))
-    with pytest.raises(ModelMismatchError, match="80.*96"):
+    with pytest.raises(ModelMismatchError, match=r"80.*96"):
         drafter.check_target(96, 64)

@@ -1,0 +1,91 @@
+"""Local training corpora and their held-out split: the running interpreter's standard library, a
+directory of text files, or a JSONL file with a "text" field.
+
+Held-out rule (fixed, documented in models/demo/README.md): a document is held out when the first
+byte of sha256(its name) is below 13 (13/256 ≈ 5.1 %). A file's name is its path relative to the
+corpus root with "/" separators (e.g. "json/decoder.py"); a JSONL record's name is its "id" field if
+it has one, else its 0-based line number. Held-out documents are never trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HELD_OUT_BYTE = 13  # sha256(name)[0] < 13 -> held out
+SPLITS = ("train", "held_out", "all")
+EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str  # what the held-out hash is taken of
+    text: str
+
+
+def is_held_out(name: str) -> bool:
+    """True when the document called `name` belongs to the held-out split."""
+    return hashlib.sha256(name.encode("utf-8")).digest()[0] < HELD_OUT_BYTE
+
+
+def in_split(name: str, split: str) -> bool:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return split == "all" or is_held_out(name) == (split == "held_out")
+
+
+def stdlib_root() -> Path:
+    """The standard-library directory of the running interpreter."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files(root: Path | None = None) -> list[Path]:
+    """Sorted *.py files under the stdlib, skipping site-packages / dist-packages / __pycache__."""
+    base = root or stdlib_root()
+    return sorted(p for p in base.rglob("*.py")
+                  if p.is_file() and not EXCLUDED_DIRS.intersection(p.relative_to(base).parts))
+
+
+def read_corpus(source: str, split: str = "train") -> list[Document]:
+    """Documents of one split. `source`: "stdlib", a directory of text files, or a .jsonl file."""
+    in_split("", split)  # validates `split` before any file is read
+    if source == "stdlib":
+        root = stdlib_root()
+        docs = _read_files(root, stdlib_files(root))
+    else:
+        path = Path(source)
+        if path.is_dir():
+            docs = _read_files(path, sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            docs = list(_read_jsonl(path))
+        else:
+            raise ValueError(f"corpus {source!r} is neither 'stdlib', a directory nor a JSONL file")
+    return [d for d in docs if in_split(d.name, split)]
+
+
+def _read_files(root: Path, files: list[Path]) -> list[Document]:
+    """UTF-8 text files as documents named by relative path; binary / undecodable files are skipped."""
+    docs = []
+    for file in files:
+        try:
+            text = file.read_bytes().decode("utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if text.strip() and "\x00" not in text:
+            docs.append(Document(file.relative_to(root).as_posix(), text))
+    return docs
+
+
+def _read_jsonl(path: Path) -> Iterator[Document]:
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise ValueError(f"{path}:{line_no + 1}: each JSONL line needs a string field 'text'")
+            yield Document(str(record.get("id", line_no)), record["text"])

@@ -1,0 +1,69 @@
+"""Token streams for training: documents encoded and joined with EOS, random training windows drawn
+deterministically per step, fixed held-out evaluation windows and held-out prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from workers.training.corpus import Document
+
+
+def encode_stream(tokenizer: Any, docs: Sequence[Document]) -> torch.Tensor:
+    """[N] int64: every document's tokens followed by EOS, in corpus order."""
+    if not docs:
+        raise ValueError("the corpus split is empty: no documents to encode")
+    backend = getattr(tokenizer, "backend_tokenizer", None) or tokenizer._tokenizer
+    encodings = backend.encode_batch([d.text for d in docs], add_special_tokens=False)
+    eos = int(tokenizer.eos_token_id)
+    ids = [token for enc in encodings for token in [*enc.ids, eos]]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def encode_documents(tokenizer: Any, docs: Sequence[Document]) -> list[list[int]]:
+    """Each document's token ids (no special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) or tokenizer._tokenizer
+    return [list(enc.ids) for enc in backend.encode_batch([d.text for d in docs], add_special_tokens=False)]
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The RNG of one training step: batches depend on (seed, step) only, so a resumed run sees the same data."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def random_windows(stream: torch.Tensor, batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """[B, length] windows starting at uniformly random offsets of `stream`."""
+    if stream.numel() <= length:
+        raise ValueError(f"the token stream has {stream.numel()} tokens, fewer than one window of {length + 1}")
+    starts = torch.randint(0, stream.numel() - length, (batch_size,), generator=generator)
+    return stream[starts[:, None] + torch.arange(length)[None, :]]
+
+
+def eval_windows(stream: torch.Tensor, length: int, max_windows: int) -> torch.Tensor:
+    """[W, length] non-overlapping windows from the start of `stream`, spread evenly over it."""
+    total = stream.numel() // length
+    if total == 0:
+        raise ValueError(f"the held-out stream has {stream.numel()} tokens, fewer than one window of {length}")
+    picks = torch.linspace(0, total - 1, min(max_windows, total)).round().long().unique()
+    return stream[: total * length].view(total, length)[picks]
+
+
+def held_out_prompts(doc_ids: Sequence[Sequence[int]], num_prompts: int, min_len: int = 64,
+                     max_len: int = 128, seed: int = 0) -> list[list[int]]:
+    """`num_prompts` prompts of min_len..max_len tokens, cut at random offsets of distinct held-out documents
+    (round-robin over documents long enough to give one)."""
+    rng = torch.Generator().manual_seed(seed)
+    usable = [ids for ids in doc_ids if len(ids) >= max_len + 1]
+    if not usable:
+        raise ValueError(f"no held-out document has more than {max_len} tokens")
+    order = torch.randperm(len(usable), generator=rng).tolist()
+    prompts = []
+    for i in range(num_prompts):
+        ids = usable[order[i % len(order)]]
+        length = int(torch.randint(min_len, max_len + 1, (1,), generator=rng))
+        start = int(torch.randint(0, len(ids) - length + 1, (1,), generator=rng))
+        prompts.append(list(ids[start:start + length]))
+    return prompts
