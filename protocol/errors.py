@@ -22,6 +22,10 @@ class ModelMismatchError(TandemError, ValueError):
 class ProtocolError(TandemError):
     """A message is malformed, oversized or from an incompatible protocol version."""
 
+    def __init__(self, message: str, identity: bytes | None = None) -> None:
+        super().__init__(message)
+        self.identity = identity  # the peer that sent it, when known (ROUTER sockets)
+
 
 class WorkerDeadError(TandemError):
     """A worker or the coordinator stopped answering within its timeout."""

@@ -14,12 +14,12 @@ import torch
 
 from runtime.stats import SpecStats
 from runtime.stopping import StopRules, apply_stop
-from workers.acceptance import accept_path
 from workers.drafters.base import Drafter
 from workers.sampling import SamplingParams, choose_tokens
 from workers.target import TargetVerifier, VerifierState
 from workers.tree import DraftTree
 from workers.tree_policy import TreeConfig
+from workers.verification import committed_features, verify_and_accept
 
 
 @dataclass
@@ -49,27 +49,14 @@ def speculative_generate(target: TargetVerifier, drafter: Drafter | None, prompt
     stats = SpecStats()
     while reason is None:
         draft = session.draft() if session is not None else DraftTree.empty()
-        path, bonus, hidden = verify_and_accept(target, state, committed, draft, params, tree.total_tokens)
+        path, bonus, hidden = verify_and_accept(target, state, committed, draft, params, max_nodes=tree.total_tokens)
         new_tokens = [*draft.token_ids[path].tolist(), bonus]
         kept, reason = apply_stop(new_tokens, len(generated), rules)
         stats.record(len(path), draft.max_depth, len(kept))
         generated += kept
         committed += kept
         if session is not None and reason is None:
-            session.commit(new_tokens, hidden[torch.cat([torch.zeros(1, dtype=torch.long), path + 1])])
+            session.commit(new_tokens, committed_features(hidden, path))
     stats.elapsed_s = time.perf_counter() - start
     stats.num_reroot_hits = session.num_reroot_hits if session is not None else 0
     return GenerationResult(generated, reason, stats)
-
-
-def verify_and_accept(target: TargetVerifier, state: VerifierState, committed: Sequence[int], draft: DraftTree,
-                      params: SamplingParams, max_nodes: int | None = None) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """One verification: tree forward, the target's choice per node, the accepted path, KV compaction.
-
-    Returns (accepted node indices, bonus token, features [N+1, H] of root + nodes).
-    """
-    logits, hidden = target.verify(state, committed[-1], draft, max_nodes)
-    positions = len(committed) + torch.cat([torch.zeros(1, dtype=torch.long), draft.depths])
-    path, bonus = accept_path(draft, choose_tokens(logits, params, positions))
-    target.accept(state, path)
-    return path, bonus, hidden

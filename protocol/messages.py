@@ -1,0 +1,226 @@
+"""Every message Tandem's processes exchange (DESIGN.md §8), as frozen dataclasses.
+
+Fields are msgpack-able values or `Blob`s (tensors, sent as separate frames). Each message has a
+type tag (`TYPE`); messages about a request carry its `request_id`, and those tied to an epoch carry
+`epoch`, the committed length C they were built on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+PROTOCOL_VERSION = 1
+
+DTYPE_SIZES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "uint8": 1, "bool": 1}
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A tensor on the wire: dtype name, shape, and its raw bytes (any buffer; travels as its own frame)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: Any
+
+    @property
+    def num_bytes(self) -> int:
+        return DTYPE_SIZES[self.dtype] * math.prod(self.shape)
+
+
+class Message:
+    """Base of all messages; `TYPE` is the wire tag."""
+
+    TYPE: ClassVar[str] = ""
+
+
+# ---- handshake and liveness -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """Worker -> coordinator, first message: who I am and what model I hold."""
+
+    TYPE: ClassVar[str] = "hello"
+    worker_id: str
+    role: str  # "verifier" | "drafter"
+    protocol_version: int
+    device: str
+    fingerprint: dict[str, Any]  # vocab_size, hidden_size, tokenizer_hash, model
+    needs_features: bool = False
+    pid: int = 0
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    TYPE: ClassVar[str] = "welcome"
+    worker_id: str
+    mode: str  # async | sync | off
+
+
+@dataclass(frozen=True)
+class Refused(Message):
+    TYPE: ClassVar[str] = "refused"
+    worker_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    TYPE: ClassVar[str] = "heartbeat"
+    worker_id: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Shutdown(Message):
+    TYPE: ClassVar[str] = "shutdown"
+    reason: str = ""
+
+
+# ---- client-facing -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Generate(Message):
+    TYPE: ClassVar[str] = "generate"
+    request_id: str
+    prompt: str | None = None
+    prompt_ids: list[int] | None = None
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class Cancel(Message):
+    TYPE: ClassVar[str] = "cancel"
+    request_id: str
+
+
+@dataclass(frozen=True)
+class GetMetrics(Message):
+    TYPE: ClassVar[str] = "get_metrics"
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Metrics(Message):
+    TYPE: ClassVar[str] = "metrics"
+    request_id: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Chunk(Message):
+    """New tokens of a request; the last chunk has a finish reason and the request's stats."""
+
+    TYPE: ClassVar[str] = "chunk"
+    request_id: str
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None = None  # stop | length | cancelled
+    stats: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    TYPE: ClassVar[str] = "error"
+    request_id: str | None
+    code: str  # bad_request | overloaded | timeout | model_mismatch | internal
+    message: str
+
+
+# ---- worker-facing -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Prefill(Message):
+    """Coordinator -> verifier: (re)build a request's cache from `token_ids`.
+
+    With `sample_next` the verifier samples the token after them (a new request); without, it only
+    rebuilds the cache (a resync after a worker restart) and commits nothing new.
+    """
+
+    TYPE: ClassVar[str] = "prefill"
+    request_id: str
+    epoch: int
+    token_ids: list[int]
+    sampling: dict[str, Any]  # temperature, top_p, top_k, seed
+    sample_next: bool = True
+    want_features: bool = False
+    max_tree_nodes: int = 0  # budget of the trees this request's drafts may have (0 = no tree)
+
+
+@dataclass(frozen=True)
+class Draft(Message):
+    """Drafter -> coordinator -> verifier: a snapshot of the living tree built on epoch C."""
+
+    TYPE: ClassVar[str] = "draft"
+    request_id: str
+    epoch: int
+    root: int
+    token_ids: Blob  # [N] int64
+    parents: Blob  # [N] int64, -1 = root
+    probs: Blob  # [N] float32
+    want_features: bool = False
+
+
+@dataclass(frozen=True)
+class Committed(Message):
+    """Verifier -> coordinator: the result of a prefill or a verification at epoch C."""
+
+    TYPE: ClassVar[str] = "committed"
+    request_id: str
+    epoch: int
+    token_ids: list[int]  # accepted nodes' tokens then the bonus token (empty for a resync)
+    tree_depth: int
+    features: Blob | None = None  # [len(token_ids), H] for verify; [C-1, H] for prefill
+    compute_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Open(Message):
+    """Coordinator -> drafter: start (or restart) drafting for a request."""
+
+    TYPE: ClassVar[str] = "open"
+    request_id: str
+    epoch: int
+    committed_ids: list[int]
+    features: Blob | None = None  # [C-1, H] when the drafter reads features
+
+
+@dataclass(frozen=True)
+class Commit(Message):
+    """Coordinator -> drafter: tokens committed at the old epoch; answer with a Draft for `epoch`."""
+
+    TYPE: ClassVar[str] = "commit"
+    request_id: str
+    epoch: int  # the new committed length
+    token_ids: list[int]
+    features: Blob | None = None
+
+
+@dataclass(frozen=True)
+class Release(Message):
+    TYPE: ClassVar[str] = "release"
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Failed(Message):
+    """Worker -> coordinator: a message about this request could not be handled."""
+
+    TYPE: ClassVar[str] = "failed"
+    request_id: str
+    code: str
+    message: str
+
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    Hello, Welcome, Refused, Heartbeat, Shutdown, Generate, Cancel, GetMetrics, Metrics, Chunk, Error,
+    Prefill, Draft, Committed, Open, Commit, Release, Failed)
+MESSAGE_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in ALL_MESSAGES}

@@ -1,0 +1,96 @@
+"""Building each process's objects from a `TandemConfig`: placement, models, workers, reference."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from runtime.config import DrafterConfig, TandemConfig, VerifierConfig
+
+log = logging.getLogger(__name__)
+
+
+def apply_placement(section: VerifierConfig | DrafterConfig) -> None:
+    """Pin this process to its CPU cores and set torch's intra-op threads, as the YAML says."""
+    import psutil
+    import torch
+
+    if section.cpu_affinity:
+        psutil.Process().cpu_affinity(list(section.cpu_affinity))
+    if section.num_threads:
+        torch.set_num_threads(section.num_threads)
+
+
+def read_reference(model_dir: str) -> dict[str, Any]:
+    """The target's fingerprint from its checkpoint files, without loading weights or torch."""
+    from workers.verifier_worker import fingerprint, tokenizer_hash
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    text = config.get("text_config", config)
+    return fingerprint(int(text["vocab_size"]), int(text["hidden_size"]), tokenizer_hash(model_dir),
+                       os.path.basename(os.path.normpath(model_dir)))
+
+
+def read_eos_ids(model_dir: str) -> frozenset[int]:
+    ids: set[int] = set()
+    for name in ("generation_config.json", "config.json"):
+        path = Path(model_dir) / name
+        if path.exists():
+            eos = json.loads(path.read_text()).get("eos_token_id")
+            ids.update([eos] if isinstance(eos, int) else list(eos or []))
+    return frozenset(ids)
+
+
+def load_tokenizer(model_dir: str) -> Any:
+    """The target's tokenizer, or None when the checkpoint has none (then clients send token ids)."""
+    if not any((Path(model_dir) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def build_verifier_worker(config: TandemConfig, worker_id: str) -> Any:
+    from workers.target import TargetVerifier
+    from workers.verifier_worker import VerifierWorker, tokenizer_hash
+
+    section = config.verifier
+    apply_placement(section)
+    target = TargetVerifier.from_pretrained(section.model, section.torch_dtype, section.device,
+                                            section.attn_implementation)
+    return VerifierWorker(target, worker_id, tokenizer_hash(section.model), os.path.basename(section.model))
+
+
+def build_drafter_worker(config: TandemConfig, worker_id: str) -> Any:
+    from workers.drafter_worker import DrafterWorker
+    from workers.verifier_worker import tokenizer_hash
+
+    section = config.drafter
+    if section is None:
+        raise ValueError("this config has no drafter section")
+    apply_placement(section)
+    drafter, vocab_size, hidden_size = build_drafter(section, config.verifier.model)
+    model_hash = tokenizer_hash(section.model) if section.kind == "model" and section.model else ""
+    return DrafterWorker(drafter, config.speculation.tree, config.speculation.mode, worker_id, section.device,
+                         vocab_size, hidden_size, model_hash, os.path.basename(section.model or section.kind))
+
+
+def build_drafter(section: DrafterConfig, target_dir: str) -> tuple[Any, int, int]:
+    """(drafter, vocab size, hidden size it expects; 0 = any)."""
+    from workers.drafters.falcon import FalconDrafter
+    from workers.drafters.model import ModelDrafter
+    from workers.drafters.ngram import NgramDrafter
+
+    if section.kind == "ngram":
+        return NgramDrafter(section.max_ngram, section.min_ngram), 0, 0
+    if section.model is None:
+        raise ValueError(f"drafter.model is required for kind {section.kind!r}")
+    if section.kind == "model":
+        model_drafter = ModelDrafter.from_pretrained(section.model, section.torch_dtype, section.device,
+                                                     section.attn_implementation)
+        return model_drafter, model_drafter.vocab_size, 0
+    falcon = FalconDrafter.from_pretrained(section.model, target_dir, section.device, section.torch_dtype)
+    return falcon, falcon.model.config.vocab_size, falcon.model.config.hidden_size

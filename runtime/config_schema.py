@@ -1,0 +1,236 @@
+"""Frozen, self-validating dataclasses for the sections of a deployment YAML (loaded by runtime.config).
+
+Each class checks its fields in `__post_init__` and raises ConfigError naming the dotted key
+(`verifier.num_threads`) and the bad value, so objects built in code or by `dataclasses.replace`
+are held to the same rules as loaded ones. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from protocol.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from workers.tree_policy import TreeConfig
+
+DTYPES = ("float32", "bfloat16", "float16")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+DRAFTER_KINDS = ("falcon", "model", "ngram")
+SPECULATION_MODES = ("async", "sync", "off")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FALLBACK_MAX_NEW_TOKENS = 128  # a request's default when limits.default_max_new_tokens is null
+
+_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+_TCP = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})")  # host or [ipv6] : port
+
+
+def check_int(key: str, value: object, minimum: int | None = None) -> int:
+    """`value` as an int (bools refused), at least `minimum`; else ConfigError naming `key`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def check_positive_float(key: str, value: object) -> float:
+    """`value` as a finite float > 0 (ints accepted, bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if not 0 < value < math.inf:
+        raise ConfigError(f"{key} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_choice(key: str, value: object, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def check_str(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def validate_address(address: object, key: str = "address") -> str:
+    """A ZeroMQ endpoint: tcp://host:port (port 1..65535, host may be * or [ipv6]), ipc://path, inproc://name."""
+    text = check_str(key, address)
+    scheme, _, rest = text.partition("://")
+    if scheme == "tcp" and (match := _TCP.fullmatch(rest)):
+        if 1 <= int(match.group(2)) <= 65535:
+            return text
+        raise ConfigError(f"{key} port must be in 1..65535, got {address!r}")
+    if scheme in ("ipc", "inproc") and rest and not rest.isspace():
+        return text
+    raise ConfigError(f"{key} must be tcp://host:port, ipc://path or inproc://name, got {address!r}")
+
+
+def _check_affinity(key: str, value: object) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    cores = tuple(value) if isinstance(value, (list, tuple)) else ()
+    if not cores or not all(type(core) is int and core >= 0 for core in cores):
+        raise ConfigError(f"{key} must be null or a non-empty list of CPU core ids >= 0, got {value!r}")
+    if len(set(cores)) != len(cores):
+        raise ConfigError(f"{key} must not repeat a core, got {value!r}")
+    return cores
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    object.__setattr__(obj, name, value)  # normalise a field of a frozen dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoordinatorConfig:
+    """Where the coordinator binds, and how fast it declares a silent worker dead."""
+
+    client_address: str = "tcp://127.0.0.1:5555"
+    worker_address: str = "tcp://127.0.0.1:5556"
+    heartbeat_interval_s: float = 0.5
+    worker_timeout_s: float = 5.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        validate_address(self.client_address, "coordinator.client_address")
+        validate_address(self.worker_address, "coordinator.worker_address")
+        if self.client_address == self.worker_address:
+            raise ConfigError(f"coordinator.worker_address must differ from client_address, "
+                              f"both are {self.client_address!r}")
+        _set(self, "heartbeat_interval_s", check_positive_float("coordinator.heartbeat_interval_s",
+                                                                self.heartbeat_interval_s))
+        _set(self, "worker_timeout_s", check_positive_float("coordinator.worker_timeout_s", self.worker_timeout_s))
+        if self.worker_timeout_s <= self.heartbeat_interval_s:
+            raise ConfigError(f"coordinator.worker_timeout_s must exceed heartbeat_interval_s "
+                              f"({self.heartbeat_interval_s!r}), got {self.worker_timeout_s!r}")
+        level = self.log_level.upper() if isinstance(self.log_level, str) else self.log_level
+        _set(self, "log_level", check_choice("coordinator.log_level", level, LOG_LEVELS))
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Placement:
+    """Model and placement keys shared by the verifier and drafter sections."""
+
+    SECTION: ClassVar[str] = "worker"
+
+    model: str | None  # local HF checkpoint dir, made absolute by TandemConfig.load; defaults set per role
+    dtype: str = "float32"
+    device: str = "cpu"
+    cpu_affinity: tuple[int, ...] | None = None
+    num_threads: int | None = None  # torch intra-op threads; None = torch's default
+    attn_implementation: str = "sdpa"
+
+    def _check_placement(self) -> None:
+        section = self.SECTION
+        if self.model is not None:
+            check_str(f"{section}.model", self.model)
+        check_choice(f"{section}.dtype", self.dtype, DTYPES)
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"{section}.device must be cpu, mps, cuda or cuda:N, got {self.device!r}")
+        _set(self, "cpu_affinity", _check_affinity(f"{section}.cpu_affinity", self.cpu_affinity))
+        if self.num_threads is not None:
+            check_int(f"{section}.num_threads", self.num_threads, 1)
+        check_choice(f"{section}.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        import torch  # lazy: the coordinator and client never need torch
+
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifierConfig(_Placement):
+    """The target model's process: `model` is required."""
+
+    SECTION: ClassVar[str] = "verifier"
+
+    model: str
+
+    def __post_init__(self) -> None:
+        check_str("verifier.model", self.model)
+        self._check_placement()
+
+
+@dataclass(frozen=True, kw_only=True)
+class DrafterConfig(_Placement):
+    """The drafter's process: `model` is required for kinds falcon and model, and refused for ngram."""
+
+    SECTION: ClassVar[str] = "drafter"
+
+    kind: str = "falcon"
+    model: str | None = None
+    max_ngram: int = 3  # ngram only: longest suffix matched against the request's tokens
+    min_ngram: int = 1  # ngram only: shortest suffix tried
+
+    def __post_init__(self) -> None:
+        check_choice("drafter.kind", self.kind, DRAFTER_KINDS)
+        if self.kind == "ngram" and self.model is not None:
+            raise ConfigError(f"drafter.model must be absent or null for kind 'ngram', got {self.model!r}")
+        if self.kind != "ngram" and self.model is None:
+            raise ConfigError(f"drafter.model is required for kind {self.kind!r}")
+        self._check_placement()
+        check_int("drafter.max_ngram", self.max_ngram, 1)
+        check_int("drafter.min_ngram", self.min_ngram, 1)
+        if self.min_ngram > self.max_ngram:
+            raise ConfigError(f"drafter.min_ngram must be <= drafter.max_ngram ({self.max_ngram}), "
+                              f"got {self.min_ngram}")
+
+
+def _default_tree() -> TreeConfig:
+    from workers.tree_policy import TreeConfig  # lazy: workers.tree_policy imports torch
+
+    return TreeConfig()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeculationConfig:
+    """How drafting runs: async (living tree), sync (draft then verify) or off (verifier only)."""
+
+    mode: str = "async"
+    tree: TreeConfig = field(default_factory=_default_tree)
+
+    def __post_init__(self) -> None:
+        from workers.tree_policy import TreeConfig
+
+        check_choice("speculation.mode", self.mode, SPECULATION_MODES)
+        if not isinstance(self.tree, TreeConfig):
+            raise ConfigError(f"speculation.tree must be a TreeConfig, got {self.tree!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitsConfig:
+    """Bounds on what one request and one message may ask for."""
+
+    max_prompt_tokens: int = 2048
+    max_new_tokens: int = 1024  # most a request may ask for
+    default_max_new_tokens: int | None = None  # for a request that names none; None = min(128, max_new_tokens)
+    max_queued_requests: int = 256
+    request_timeout_s: float = 120.0
+    max_message_bytes: int = 64 * 1024 * 1024  # bound on one ZeroMQ message, all frames together
+
+    def __post_init__(self) -> None:
+        for key in ("max_prompt_tokens", "max_new_tokens", "max_queued_requests"):
+            check_int(f"limits.{key}", getattr(self, key), 1)
+        check_int("limits.max_message_bytes", self.max_message_bytes, 1024)
+        _set(self, "request_timeout_s", check_positive_float("limits.request_timeout_s", self.request_timeout_s))
+        if self.default_max_new_tokens is not None:
+            check_int("limits.default_max_new_tokens", self.default_max_new_tokens, 1)
+            if self.default_max_new_tokens > self.max_new_tokens:
+                raise ConfigError(f"limits.default_max_new_tokens must be <= limits.max_new_tokens "
+                                  f"({self.max_new_tokens}), got {self.default_max_new_tokens}")
+
+    @property
+    def resolved_default_max_new_tokens(self) -> int:
+        """`max_new_tokens` of a request that names none."""
+        if self.default_max_new_tokens is not None:
+            return self.default_max_new_tokens
+        return min(FALLBACK_MAX_NEW_TOKENS, self.max_new_tokens)

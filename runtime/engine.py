@@ -1,0 +1,106 @@
+"""The whole pipeline in one process, without sockets: for notebooks and tests.
+
+The coordinator and the worker handlers are the very objects the processes run; messages between
+them still go through the wire codec, so in-process and distributed runs share every code path
+but the sockets.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+from protocol.codec import decode, encode
+from protocol.messages import Chunk, Error, Generate, GetMetrics, Heartbeat, Message, Metrics, Welcome
+from runtime import builders
+from runtime.config import TandemConfig
+from runtime.coordinator import Coordinator
+from runtime.results import GenerationOutput, collect, error_to_exception, generate_message_fields
+
+_CLIENT = b"engine-client"
+
+
+class Engine:
+    def __init__(self, coordinator: Coordinator, handlers: list[Any]) -> None:
+        self.coordinator = coordinator
+        self.handlers = {h.worker_id.encode(): h for h in handlers}
+        self._ids = itertools.count()
+        self._inbox: list[Message] = []
+        for identity, handler in self.handlers.items():
+            coordinator.on_worker(identity, _wire(handler.hello()))
+        self._pump()
+
+    @classmethod
+    def from_config(cls, path: str) -> Engine:
+        config = TandemConfig.load(path)
+        model = config.verifier.model
+        coordinator = Coordinator(config, builders.load_tokenizer(model), builders.read_reference(model),
+                                  builders.read_eos_ids(model))
+        handlers = [builders.build_verifier_worker(config, "verifier-0")]
+        if config.uses_drafter:
+            handlers.append(builders.build_drafter_worker(config, "drafter-0"))
+        return cls(coordinator, handlers)
+
+    def generate(self, prompt_or_ids: str | list[int], max_new_tokens: int | None = None, temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: str | list[str] | None = None,
+                 stop_token_ids: list[int] | None = None, ignore_eos: bool = False) -> GenerationOutput:
+        return collect(self.stream(prompt_or_ids, max_new_tokens, temperature, top_p, top_k, seed, stop,
+                                   stop_token_ids, ignore_eos))
+
+    def stream(self, prompt_or_ids: str | list[int], max_new_tokens: int | None = None, temperature: float = 0.0,
+               top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: str | list[str] | None = None,
+               stop_token_ids: list[int] | None = None, ignore_eos: bool = False) -> Iterator[Chunk]:
+        request_id = f"engine-{next(self._ids)}"
+        fields = generate_message_fields(prompt_or_ids, max_new_tokens, temperature, top_p, top_k, seed, stop,
+                                         stop_token_ids, ignore_eos)
+        self.coordinator.on_client(_CLIENT, _wire(Generate(request_id, **fields)))
+        while True:
+            self._pump()
+            mine = [m for m in self._inbox if getattr(m, "request_id", None) == request_id]
+            self._inbox = [m for m in self._inbox if m not in mine]
+            for message in mine:
+                if isinstance(message, Error):
+                    raise error_to_exception(message)
+                if isinstance(message, Chunk):
+                    yield message
+                    if message.finish_reason is not None:
+                        return
+            if not mine and not self._step_workers():
+                self.coordinator.tick()
+                if not self.coordinator.outbox:
+                    raise RuntimeError(f"request {request_id} made no progress (no worker can serve it)")
+
+    def metrics(self) -> dict[str, Any]:
+        for identity, handler in self.handlers.items():  # what heartbeats carry between processes
+            self.coordinator.on_worker(identity, Heartbeat(handler.worker_id, handler.stats()))
+        self.coordinator.on_client(_CLIENT, GetMetrics("metrics"))
+        self._pump()
+        found = [m for m in self._inbox if isinstance(m, Metrics)]
+        self._inbox = [m for m in self._inbox if not isinstance(m, Metrics)]
+        return found[-1].data
+
+    def _pump(self) -> None:
+        """Deliver every queued message until the system is quiet."""
+        while self.coordinator.outbox:
+            outbox, self.coordinator.outbox = self.coordinator.outbox, []
+            for identity, message, to_client in outbox:
+                if to_client:
+                    self._inbox.append(_wire(message))
+                elif identity in self.handlers and not isinstance(message, Welcome):
+                    for reply in self.handlers[identity].handle(_wire(message)):
+                        self.coordinator.on_worker(identity, _wire(reply))
+
+    def _step_workers(self) -> bool:
+        """Let workers with background work take one step; False when none had any."""
+        for identity, handler in self.handlers.items():
+            if handler.has_work():
+                for reply in handler.step():
+                    self.coordinator.on_worker(identity, _wire(reply))
+                return True
+        return False
+
+
+def _wire(message: Message) -> Message:
+    """Round-trip through the codec, as a socket would."""
+    return decode(encode(message))

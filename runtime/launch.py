@@ -1,0 +1,86 @@
+"""Starting and stopping a whole deployment from one YAML file (used by scripts/launch.py and tests)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from protocol.errors import TandemError, WorkerDeadError
+from runtime.client import Client
+from runtime.config import TandemConfig
+
+log = logging.getLogger(__name__)
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+class Deployment:
+    """Coordinator + verifier (+ drafter) as child processes of this one."""
+
+    def __init__(self, config_path: str) -> None:
+        self.config_path = str(config_path)
+        self.config = TandemConfig.load(self.config_path)
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, timeout_s: float = 300.0) -> None:
+        """Start every process and wait until each worker's handshake is done."""
+        self.processes["coordinator"] = self._spawn("coordinator.py")
+        self.start_worker("verifier")
+        if self.config.uses_drafter:
+            self.start_worker("drafter")
+        self.wait_ready(timeout_s)
+
+    def start_worker(self, role: str) -> None:
+        self.processes[role] = self._spawn("worker.py", "--role", role, "--id", f"{role}-0")
+
+    def _spawn(self, script: str, *extra: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, str(SCRIPTS / script), "--config", self.config_path, *extra])
+
+    def wait_ready(self, timeout_s: float, roles: tuple[str, ...] | None = None) -> None:
+        wanted = set(roles or (("verifier", "drafter") if self.config.uses_drafter else ("verifier",)))
+        deadline = time.monotonic() + timeout_s
+        with Client(self.config.coordinator.client_address, timeout_s=1.0) as client:
+            while time.monotonic() < deadline:
+                self._check_alive()
+                try:
+                    joined = {w["role"] for w in client.metrics()["workers"]}
+                except WorkerDeadError:
+                    continue
+                if wanted <= joined:
+                    return
+                time.sleep(0.2)
+        raise TandemError(f"deployment {self.config_path} not ready within {timeout_s} s (waiting for {wanted})")
+
+    def _check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise TandemError(f"{name} exited with code {process.returncode} during start-up")
+
+    def kill(self, name: str) -> None:
+        """Kill one process at once (failure tests)."""
+        process = self.processes.pop(name)
+        process.kill()
+        process.wait()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Coordinator first (it tells the workers to shut down), then whatever is left."""
+        order = ["coordinator"] + [n for n in self.processes if n != "coordinator"]
+        for name in order:
+            process = self.processes.get(name)
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop in %.0f s: killed", name, timeout_s)
+                    process.kill()
+                    process.wait()
+        self.processes.clear()
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,51 @@
+"""Deployment-wide live metrics (DESIGN.md §11 definitions), served to clients by the coordinator."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.stats import SpecStats
+
+
+@dataclass
+class RuntimeMetrics:
+    spec: SpecStats = field(default_factory=SpecStats)  # all verifications of all requests
+    num_finished: int = 0
+    num_errors: int = 0
+    num_generated: int = 0
+    num_stale_dropped: int = 0
+    num_malformed_dropped: int = 0
+    num_workers_refused: int = 0
+    verifier_compute_s: float = 0.0
+    first_request_at: float | None = None
+    last_activity_at: float = 0.0
+    drafter_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def started(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self.first_request_at is None:
+            self.first_request_at = now
+        self.last_activity_at = now
+
+    def snapshot(self, num_active: int, num_queued: int, workers: list[dict[str, Any]]) -> dict[str, Any]:
+        wall = max((self.last_activity_at - self.first_request_at) if self.first_request_at else 0.0, 1e-9)
+        hits = sum(s.get("num_reroot_hits", 0) for s in self.drafter_stats.values())
+        commits = sum(s.get("num_commits", 0) for s in self.drafter_stats.values())
+        return {
+            **{k: v for k, v in self.spec.as_dict().items() if k != "elapsed_s"},
+            "tokens_per_s": self.num_generated / wall,
+            "verifier_busy_fraction": min(self.verifier_compute_s / wall, 1.0),
+            "reroot_hit_rate": hits / commits if commits else 0.0,
+            "drafter_background_steps": sum(s.get("num_background_steps", 0) for s in self.drafter_stats.values()),
+            "num_finished": self.num_finished,
+            "num_errors": self.num_errors,
+            "num_generated": self.num_generated,
+            "num_active": num_active,
+            "num_queued": num_queued,
+            "num_stale_dropped": self.num_stale_dropped,
+            "num_malformed_dropped": self.num_malformed_dropped,
+            "num_workers_refused": self.num_workers_refused,
+            "workers": workers,
+        }

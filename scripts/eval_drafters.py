@@ -1,0 +1,184 @@
+"""Evaluate drafters on held-out prompts with the runtime's own loop (runtime.generate.speculative_generate):
+τ and acceptance per depth at temperature 0 (DESIGN.md §11), and whether the output equals the target's.
+
+| flag | default | meaning |
+|---|---|---|
+| `--target` | `models/demo/target` | target HF checkpoint directory |
+| `--falcon` | `models/demo/falcon` | Falcon drafter directory (`""` = skip) |
+| `--draft` | `models/demo/draft` | AR draft model directory for `ModelDrafter` (`""` = skip) |
+| `--no-ngram` | off | skip the `NgramDrafter` baseline |
+| `--corpus` | `stdlib` | corpus whose held-out split gives the prompts |
+| `--num-prompts` | 20 | prompts, each from a different held-out document when possible |
+| `--min-prompt-tokens` / `--max-prompt-tokens` | 64 / 128 | prompt length range |
+| `--max-new-tokens` | 64 | tokens generated per prompt (greedy; stops early at EOS) |
+| `--trees` | `default,static,wide` | tree presets (`default`, `static`, `wide`, `narrow`) or `TOTAL:DEPTH:TOP_K` |
+| `--seed` | 0 | prompt selection seed |
+| `--json` | none | write the results as JSON to this file |
+| `--num-threads` | 2 | torch intra-op threads |
+
+Prints a markdown table; each row sums all prompts (τ = committed tokens / verifications).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer
+
+from runtime.generate import speculative_generate
+from runtime.stats import SpecStats
+from runtime.stopping import StopRules
+from workers.drafters.base import Drafter
+from workers.drafters.falcon import FalconDrafter
+from workers.drafters.model import ModelDrafter
+from workers.drafters.ngram import NgramDrafter
+from workers.target import TargetVerifier
+from workers.training.corpus import read_corpus
+from workers.training.tokens import encode_documents, held_out_prompts
+from workers.tree_policy import TreeConfig
+
+# A static tree in the spirit of Falcon's custom-designed decoding tree: wide near the root, a long
+# rank-0 spine (what a k=2 block predicts best) with a few runners-up along it. 31 nodes, depth 7.
+STATIC_PATHS: tuple[tuple[int, ...], ...] = (
+    (0,), (1,), (2,), (3,),
+    (0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0),
+    (0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0), (0, 0, 2),
+    (0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 1, 0), (0, 1, 0, 0), (1, 0, 0, 0),
+    (0, 0, 0, 0, 0), (0, 0, 0, 0, 1), (0, 0, 0, 1, 0), (0, 0, 1, 0, 0),
+    (0, 0, 0, 0, 0, 0), (0, 0, 0, 0, 0, 1), (0, 0, 0, 0, 1, 0), (0, 0, 0, 1, 0, 0),
+    (0, 0, 0, 0, 0, 0, 0), (0, 0, 0, 0, 0, 0, 1), (0, 0, 0, 0, 0, 1, 0),
+)
+TREE_PRESETS = {
+    "default": TreeConfig(),
+    "static": TreeConfig(static_paths=STATIC_PATHS),
+    "wide": TreeConfig(total_tokens=48, depth=8, top_k=8),
+    "narrow": TreeConfig(total_tokens=16, depth=6, top_k=4),
+}
+
+
+def parse_tree(spec: str) -> TreeConfig:
+    """A preset name or TOTAL:DEPTH:TOP_K."""
+    if spec in TREE_PRESETS:
+        return TREE_PRESETS[spec]
+    parts = spec.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"tree {spec!r} is neither a preset {sorted(TREE_PRESETS)} nor TOTAL:DEPTH:TOP_K")
+    return TreeConfig(total_tokens=int(parts[0]), depth=int(parts[1]), top_k=int(parts[2]))
+
+
+def load_prompts(tokenizer: Any, corpus: str, num_prompts: int, min_tokens: int, max_tokens: int,
+                 seed: int) -> list[list[int]]:
+    """Prompts cut from held-out documents only."""
+    docs = read_corpus(corpus, "held_out")
+    return held_out_prompts(encode_documents(tokenizer, docs), num_prompts, min_tokens, max_tokens, seed)
+
+
+def reference_outputs(target: TargetVerifier, prompts: Sequence[list[int]], rules: StopRules) -> list[list[int]]:
+    """The target's own greedy outputs (verifier only, one token per step)."""
+    return [speculative_generate(target, None, p, rules=rules).token_ids for p in prompts]
+
+
+def evaluate(target: TargetVerifier, drafter: Drafter, prompts: Sequence[list[int]], rules: StopRules,
+             tree: TreeConfig, reference: Sequence[list[int]] | None = None) -> dict[str, Any]:
+    """Greedy speculative generation over `prompts`; stats summed over all prompts."""
+    total = SpecStats()
+    num_equal, generated, start = 0, 0, time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        result = speculative_generate(target, drafter, prompt, rules=rules, tree=tree)
+        _add(total, result.stats)
+        generated += len(result.token_ids)
+        num_equal += int(reference is not None and result.token_ids == reference[i])
+    elapsed = time.perf_counter() - start
+    out = total.as_dict()
+    out.update(tokens_per_s=generated / elapsed, num_prompts=len(prompts), num_generated=generated,
+               lossless=num_equal / len(prompts) if reference is not None else None, elapsed_s=elapsed)
+    return out
+
+
+def _add(total: SpecStats, stats: SpecStats) -> None:
+    total.num_verifications += stats.num_verifications
+    total.num_committed += stats.num_committed
+    for name in ("accepted_per_depth", "reached_per_depth"):
+        mine, theirs = getattr(total, name), getattr(stats, name)
+        mine.extend([0] * (len(theirs) - len(mine)))
+        for d, count in enumerate(theirs):
+            mine[d] += count
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| drafter | tree | τ | acceptance per depth (d1, d2, …) | verifications | tokens/s | lossless |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        acc = ", ".join(f"{a:.2f}" for a in row["acceptance_per_depth"])
+        lossless = "n/a" if row["lossless"] is None else f"{row['lossless']:.0%}"
+        lines.append(f"| {row['drafter']} | {row['tree']} | {row['tau']:.2f} | {acc} | "
+                     f"{row['num_verifications']} | {row['tokens_per_s']:.1f} | {lossless} |")
+    return "\n".join(lines)
+
+
+def build_drafters(args: argparse.Namespace) -> dict[str, Drafter]:
+    drafters: dict[str, Drafter] = {}
+    if args.falcon:
+        drafters["falcon"] = FalconDrafter.from_pretrained(args.falcon, args.target)
+    if args.draft:
+        drafters["model (AR draft)"] = ModelDrafter.from_pretrained(args.draft)
+    if not args.no_ngram:
+        drafters["ngram"] = NgramDrafter()
+    return drafters
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--target", default="models/demo/target", help="target HF checkpoint directory")
+    parser.add_argument("--falcon", default="models/demo/falcon", help="Falcon drafter directory ('' = skip)")
+    parser.add_argument("--draft", default="models/demo/draft", help="AR draft model directory ('' = skip)")
+    parser.add_argument("--no-ngram", action="store_true", help="skip the ngram baseline")
+    parser.add_argument("--corpus", default="stdlib", help="corpus whose held-out split gives the prompts")
+    parser.add_argument("--num-prompts", type=int, default=20, help="number of held-out prompts")
+    parser.add_argument("--min-prompt-tokens", type=int, default=64, help="shortest prompt")
+    parser.add_argument("--max-prompt-tokens", type=int, default=128, help="longest prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt")
+    parser.add_argument("--trees", default="default,static,wide", help="comma-separated tree presets / T:D:K")
+    parser.add_argument("--seed", type=int, default=0, help="prompt selection seed")
+    parser.add_argument("--json", default=None, help="write results as JSON here")
+    parser.add_argument("--num-threads", type=int, default=2, help="torch intra-op threads")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.num_threads)
+    tokenizer = AutoTokenizer.from_pretrained(args.target)
+    target = TargetVerifier.from_pretrained(args.target)
+    prompts = load_prompts(tokenizer, args.corpus, args.num_prompts, args.min_prompt_tokens,
+                           args.max_prompt_tokens, args.seed)
+    rules = StopRules(max_new_tokens=args.max_new_tokens, stop_token_ids=frozenset({tokenizer.eos_token_id}))
+    start = time.perf_counter()
+    reference = reference_outputs(target, prompts, rules)
+    baseline_tps = sum(map(len, reference)) / (time.perf_counter() - start)
+    rows = []
+    for name, drafter in build_drafters(args).items():
+        for spec in args.trees.split(","):
+            row = evaluate(target, drafter, prompts, rules, parse_tree(spec), reference)
+            rows.append({"drafter": name, "tree": spec, **row})
+            print(markdown_table(rows[-1:]).splitlines()[-1], flush=True)
+    print(f"\n{len(prompts)} held-out prompts, {args.max_new_tokens} new tokens, greedy; "
+          f"autoregressive target alone: {baseline_tps:.1f} tokens/s\n")
+    print(markdown_table(rows))
+    if args.json:
+        blob = {"machine": platform.platform(), "processor": platform.processor(), "num_threads": args.num_threads,
+                "num_prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
+                "autoregressive_tokens_per_s": baseline_tps, "args": vars(args), "results": rows}
+        with open(args.json, "w") as handle:
+            json.dump(blob, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

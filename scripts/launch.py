@@ -1,0 +1,54 @@
+"""Launch a whole deployment from one YAML: `python scripts/launch.py --config configs/demo.yaml`.
+
+Starts the coordinator and every worker, prints a line containing `ready` once every handshake is
+done, and stops them all on Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from typing import Any
+
+from protocol.errors import TandemError
+from runtime.launch import Deployment
+from runtime.logs import setup_logging
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="deployment YAML")
+    parser.add_argument("--timeout-s", type=float, default=300.0, help="start-up time limit")
+    args = parser.parse_args()
+    setup_logging("launch")
+    deployment = Deployment(args.config)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        deployment.start(args.timeout_s)
+        config = deployment.config
+        print(f"ready: clients connect to {config.coordinator.client_address} "
+              f"(mode {config.speculation.mode})", flush=True)
+        while True:
+            time.sleep(0.5)
+            for name, process in deployment.processes.items():
+                if process.poll() is not None:
+                    print(f"{name} exited with code {process.returncode}", file=sys.stderr, flush=True)
+                    return 1
+    except TandemError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+        return 0
+    finally:
+        deployment.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

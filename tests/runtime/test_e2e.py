@@ -1,0 +1,118 @@
+"""End to end: real processes on loopback, started from YAML, driven through the clients."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from protocol.errors import RequestError, WorkerDeadError
+from runtime.client import AsyncClient, Client
+from runtime.generate import speculative_generate
+from runtime.launch import SCRIPTS, Deployment
+from runtime.stopping import StopRules
+from tests.models import hf_greedy, tiny_model
+from tests.runtime.deploy import free_port, save_models, write_config
+from workers.sampling import SamplingParams
+from workers.target import TargetVerifier
+
+PROMPTS = [[5, 6, 7, 8, 9, 10], [40, 41, 42, 40, 41, 42, 40], list(range(3, 60))]
+MAX_NEW = 40
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return save_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def reference() -> list[list[int]]:
+    target = tiny_model("llama", seed=11)
+    return [hf_greedy(target, p, MAX_NEW) for p in PROMPTS]
+
+
+@pytest.fixture(scope="module", params=["async", "sync", "off"])
+def deployment(request: pytest.FixtureRequest, models: dict[str, Path],
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    mode = request.param
+    drafter = None if mode == "off" else {"kind": "model", "model": str(models["draft"])}
+    config = write_config(tmp_path_factory.mktemp(mode) / "tandem.yaml", models["target"], mode, drafter)
+    with Deployment(str(config)) as running:
+        running.start(timeout_s=120)
+        yield running
+
+
+def test_concurrent_greedy_equals_generate(deployment: Deployment, reference: list[list[int]]) -> None:
+    async def run_all() -> list[list[int]]:
+        async with AsyncClient(deployment.config.coordinator.client_address, timeout_s=60) as client:
+            outputs = await asyncio.gather(*(client.generate(p, max_new_tokens=MAX_NEW) for p in PROMPTS))
+            return [o.token_ids for o in outputs]
+
+    assert asyncio.run(run_all()) == reference
+    with Client(deployment.config.coordinator.client_address, timeout_s=60) as client:
+        one = client.generate(PROMPTS[0], max_new_tokens=MAX_NEW)  # one at a time gives the same
+        assert one.token_ids == reference[0]
+        assert {"tau", "num_verifications", "accepted_per_depth"} <= set(one.stats)
+        streamed = [c for c in client.stream(PROMPTS[1], max_new_tokens=MAX_NEW)]
+        assert sum((c.token_ids for c in streamed), []) == reference[1]
+        assert streamed[-1].finish_reason == "length" and len(streamed) > 1
+        metrics = client.metrics()
+    if deployment.config.speculation.mode == "async":
+        assert metrics["drafter_background_steps"] > 0  # the drafter grew trees while the verifier worked
+        assert metrics["reroot_hit_rate"] > 0
+    if deployment.config.speculation.mode != "off":
+        assert metrics["tau"] > 1.5
+
+
+def test_seeded_sampling_is_reproducible(deployment: Deployment) -> None:
+    params = {"temperature": 0.9, "top_p": 0.95, "seed": 77}
+    with Client(deployment.config.coordinator.client_address, timeout_s=60) as client:
+        first = client.generate(PROMPTS[0], max_new_tokens=30, **params).token_ids
+        second = client.generate(PROMPTS[0], max_new_tokens=30, **params).token_ids
+    local = speculative_generate(TargetVerifier(tiny_model("llama", seed=11)), None, PROMPTS[0],
+                                 SamplingParams(0.9, 0.95, 0, 77), StopRules(30, frozenset({2})))
+    assert first == second == local.token_ids
+
+
+def test_bad_requests_get_clear_errors_and_others_go_on(deployment: Deployment, reference: list[list[int]]) -> None:
+    with Client(deployment.config.coordinator.client_address, timeout_s=60) as client:
+        with pytest.raises(RequestError, match="empty"):
+            client.generate([], max_new_tokens=5)
+        with pytest.raises(RequestError, match="temperature"):
+            client.generate(PROMPTS[0], temperature=-1.0)
+        with pytest.raises(RequestError, match="vocabulary"):
+            client.generate([5, 100000], max_new_tokens=5)
+        with pytest.raises(RequestError, match="no tokenizer"):
+            client.generate("text needs a tokenizer", max_new_tokens=5)
+        assert client.generate(PROMPTS[0], max_new_tokens=MAX_NEW).token_ids == reference[0]
+
+
+def test_malformed_messages_are_dropped(deployment: Deployment, reference: list[list[int]]) -> None:
+    context = zmq.Context()
+    for address in (deployment.config.coordinator.client_address, deployment.config.coordinator.worker_address):
+        rogue = context.socket(zmq.DEALER)
+        rogue.setsockopt(zmq.LINGER, 0)
+        rogue.connect(address)
+        rogue.send_multipart([b"\xc1 not msgpack"])
+        rogue.send_multipart([b"\x81\xa4type\xa5bogus"])  # a map with an unknown type
+        time.sleep(0.2)
+        rogue.close()
+    context.term()
+    with Client(deployment.config.coordinator.client_address, timeout_s=60) as client:
+        assert client.generate(PROMPTS[2], max_new_tokens=MAX_NEW).token_ids == reference[2]
+        assert client.metrics()["num_malformed_dropped"] >= 2
+
+
+def test_cancel_stops_a_request(deployment: Deployment) -> None:
+    with Client(deployment.config.coordinator.client_address, timeout_s=60) as client:
+        stream = client.stream(PROMPTS[0], max_new_tokens=200, ignore_eos=True)
+        next(stream)
+        stream.close()  # leaving the stream cancels the request
+        assert client.generate(PROMPTS[1], max_new_tokens=5).finish_reason in ("length", "stop")
+        assert client.metrics()["num_active"] == 0
