@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from protocol.errors import TandemError, WorkerDeadError
 from runtime.client import Client
@@ -14,6 +17,29 @@ from runtime.config import TandemConfig
 
 log = logging.getLogger(__name__)
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config_variant(config_path: str, out_dir: Path, mode: str, fresh_ports: bool = True) -> Path:
+    """A copy of a deployment YAML with another speculation mode (and free ports), model paths absolute."""
+    data = yaml.safe_load(Path(config_path).read_text())
+    config = TandemConfig.load(config_path)
+    data.setdefault("speculation", {})["mode"] = mode
+    data["verifier"]["model"] = config.verifier.model
+    if config.drafter is not None and config.drafter.model is not None:
+        data["drafter"]["model"] = config.drafter.model
+    if fresh_ports:
+        data.setdefault("coordinator", {}).update(client_address=f"tcp://127.0.0.1:{free_port()}",
+                                                  worker_address=f"tcp://127.0.0.1:{free_port()}")
+    path = out_dir / f"{Path(config_path).stem}-{mode}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 class Deployment:

@@ -112,7 +112,8 @@ def shape_of(args: argparse.Namespace) -> LlamaShape:
 def load_teacher(path: str | None, vocab_size: int) -> Any:
     if path is None:
         return None
-    teacher = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    teacher: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    teacher.eval()
     if teacher.config.vocab_size != vocab_size:
         raise ValueError(f"teacher {path} has vocab_size {teacher.config.vocab_size}, the tokenizer {vocab_size}")
     return teacher.requires_grad_(False)
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
                                 args.seq_len, args.eval_windows)
     print(f"train tokens: {train_stream.numel()}  held-out eval tokens: {held_windows.numel()}", flush=True)
     model = build_llama(shape_of(args), tokenizer, args.seed)
-    teacher = load_teacher(args.teacher, len(tokenizer))
+    teacher = load_teacher(args.teacher or None, len(tokenizer))
     config = cli.optim_config(args)
     optimizer = make_optimizer(model, config)
     meta = {k: v for k, v in vars(args).items()

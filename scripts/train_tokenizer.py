@@ -2,9 +2,9 @@
 
 | flag | default | meaning |
 |---|---|---|
-| `--corpus` | `stdlib` | `stdlib` (this interpreter's standard library), a directory of text files, or a JSONL file with a "text" field |
+| `--corpus` | `stdlib` | `stdlib` (this interpreter's standard library), a text-file directory or a JSONL file |
 | `--out` | `models/demo/tokenizer` | output directory (loads with `AutoTokenizer.from_pretrained`) |
-| `--vocab-size` | 4096 | vocabulary size, special tokens `<\\|pad\\|>` `<\\|bos\\|>` `<\\|eos\\|>` (ids 0, 1, 2) included |
+| `--vocab-size` | 4096 | vocabulary size incl. `<|pad|>` `<|bos|>` `<|eos|>` (ids 0, 1, 2) |
 | `--min-frequency` | 2 | a merge needs a pair seen at least this often |
 
 Only the training split is read (held-out rule: workers/training/corpus.py).

@@ -80,7 +80,7 @@ def test_duplicates_and_replays_change_nothing(mode: str) -> None:
 
 
 def test_a_result_for_another_epoch_is_not_applied() -> None:
-    coordinator, handlers = setup("sync")
+    coordinator, _ = setup("sync")
     coordinator.on_client(b"client", Generate("r1", prompt_ids=PROMPT, max_new_tokens=10))
     request = coordinator.requests["r1"]
     forged = Committed("r1", epoch=request.epoch + 3, token_ids=[9, 9, 9], tree_depth=2)

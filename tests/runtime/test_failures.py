@@ -11,9 +11,9 @@ import zmq
 
 from protocol.errors import WorkerDeadError
 from runtime.client import Client
-from runtime.launch import SCRIPTS, Deployment
+from runtime.launch import SCRIPTS, Deployment, free_port
 from tests.models import hf_greedy, tiny_model
-from tests.runtime.deploy import free_port, save_models, write_config
+from tests.runtime.deploy import save_models, write_config
 
 PROMPT = [7, 8, 9, 10, 11, 12]
 

@@ -18,6 +18,7 @@ Loss = feature_weight · smooth-L1(predicted feature, true feature)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -130,7 +131,7 @@ class Targets:
     argmax: torch.Tensor  # [B, L] the target's greedy token after each position
 
     @staticmethod
-    def of(target_model: nn.Module, token_ids: torch.Tensor) -> Targets:
+    def of(target_model: Any, token_ids: torch.Tensor) -> Targets:
         """Features and distributions of a Llama-family HF causal LM (run without grad)."""
         with torch.no_grad():
             features = target_model.model(input_ids=token_ids).last_hidden_state  # [B, L, H]

@@ -22,7 +22,8 @@ from workers.training.tokens import random_windows, step_generator
 
 def load_frozen_target(target_dir: str | Path) -> Any:
     """The target in fp32 on CPU, eval mode, no grad; sdpa attention."""
-    model = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32, attn_implementation="sdpa")
+    model: Any = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32,
+                                                      attn_implementation="sdpa")
     return model.eval().requires_grad_(False)
 
 

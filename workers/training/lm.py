@@ -125,8 +125,10 @@ def save_hf(model: LlamaForCausalLM, tokenizer: Any, out_dir: str | Path, dtype:
         raise ValueError(f"save dtype must be one of {sorted(SAVE_DTYPES)}, got {dtype!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stored = copy.deepcopy(model).to(SAVE_DTYPES[dtype]).eval()
-    stored.generation_config = GenerationConfig(
+    stored: Any = copy.deepcopy(model)
+    stored.to(SAVE_DTYPES[dtype]).eval()
+    generation_config: Any = GenerationConfig  # untyped in transformers' stubs
+    stored.generation_config = generation_config(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, do_sample=False)
     stored.save_pretrained(str(out))

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _one_step(model: nn.Module, optimizer: torch.optim.Optimizer, step_fn: Calla
         group["lr"] = lr
     model.train()
     out = step_fn(step)
-    out.loss.backward()
+    torch.autograd.backward(out.loss)
     params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else math.inf)
     optimizer.step()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -16,7 +17,7 @@ PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)  # ids 0, 1, 2
 
 
-def train_bpe(docs: Sequence[Document], vocab_size: int = 4096, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+def train_bpe(docs: Sequence[Document], vocab_size: int = 4096, min_frequency: int = 2) -> Any:
     """Train a GPT-2 style byte-level BPE on `docs` (no automatic bos / eos on encode)."""
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)}, got {vocab_size}")
@@ -27,7 +28,8 @@ def train_bpe(docs: Sequence[Document], vocab_size: int = 4096, min_frequency: i
                                   special_tokens=list(SPECIAL_TOKENS), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(_texts(docs), trainer=trainer, length=len(docs))
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, bos_token=BOS, eos_token=EOS,
+    fast: Any = PreTrainedTokenizerFast  # untyped in transformers' stubs
+    return fast(tokenizer_object=backend, pad_token=PAD, bos_token=BOS, eos_token=EOS,
                                    model_max_length=1024, clean_up_tokenization_spaces=False)
 
 
@@ -36,6 +38,6 @@ def _texts(docs: Sequence[Document]) -> Iterator[str]:
         yield doc.text
 
 
-def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | Path) -> None:
+def save_tokenizer(tokenizer: Any, directory: str | Path) -> None:
     Path(directory).mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(directory))

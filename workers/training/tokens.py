@@ -47,8 +47,8 @@ def eval_windows(stream: torch.Tensor, length: int, max_windows: int) -> torch.T
     total = stream.numel() // length
     if total == 0:
         raise ValueError(f"the held-out stream has {stream.numel()} tokens, fewer than one window of {length}")
-    picks = torch.linspace(0, total - 1, min(max_windows, total)).round().long().unique()
-    return stream[: total * length].view(total, length)[picks]
+    picks = sorted({round(float(x)) for x in torch.linspace(0, total - 1, min(max_windows, total))})
+    return stream[: total * length].view(total, length)[torch.tensor(picks, dtype=torch.long)]
 
 
 def held_out_prompts(doc_ids: Sequence[Sequence[int]], num_prompts: int, min_len: int = 64,
