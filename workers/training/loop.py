@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm  # type: ignore[import-untyped]
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
