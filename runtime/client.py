@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 import zmq.asyncio
@@ -25,9 +25,17 @@ from protocol.messages import Cancel, Chunk, Error, Generate, GetMetrics, Messag
 from runtime.config import TandemConfig
 from runtime.results import GenerationOutput, collect, error_to_exception, generate_message_fields
 
+_M = TypeVar("_M", bound=Message)
+
 
 def _new_id() -> str:
     return uuid.uuid4().hex
+
+
+def _expect(message: Message, kind: type[_M]) -> _M:
+    if not isinstance(message, kind):
+        raise ProtocolError(f"expected a {kind.TYPE!r} message, got {message.TYPE!r}")
+    return message
 
 
 class Client:
@@ -61,8 +69,7 @@ class Client:
         is_done = False
         try:
             while True:
-                chunk = self._receive_for(request_id)
-                assert isinstance(chunk, Chunk)
+                chunk = _expect(self._receive_for(request_id), Chunk)
                 is_done = chunk.finish_reason is not None
                 yield chunk
                 if is_done:
@@ -78,9 +85,7 @@ class Client:
     def metrics(self) -> dict[str, Any]:
         request_id = _new_id()
         self._send(GetMetrics(request_id))
-        reply = self._receive_for(request_id)
-        assert isinstance(reply, Metrics)
-        return reply.data
+        return _expect(self._receive_for(request_id), Metrics).data
 
     def _send(self, message: Message) -> None:
         self.socket.send_multipart(encode(message), copy=False)
@@ -146,8 +151,7 @@ class AsyncClient:
         try:
             await self._send(Generate(request_id, **fields))
             while not is_done:
-                chunk = await self._next(queue)
-                assert isinstance(chunk, Chunk)
+                chunk = _expect(await self._next(queue), Chunk)
                 is_done = chunk.finish_reason is not None
                 yield chunk
         finally:
@@ -164,10 +168,9 @@ class AsyncClient:
         queue = self._open(request_id)
         try:
             await self._send(GetMetrics(request_id))
-            reply = await self._next(queue)
+            reply = _expect(await self._next(queue), Metrics)
         finally:
             self._queues.pop(request_id, None)
-        assert isinstance(reply, Metrics)
         return reply.data
 
     def _open(self, request_id: str) -> asyncio.Queue[Message]:

@@ -7,14 +7,23 @@ from typing import Any
 
 import yaml
 
+import torch
+
 from runtime.launch import free_port
 from tests.models import tiny_model
+from workers.drafters.falcon_model import FalconConfig, FalconDrafterModel
 
 
 def save_models(root: Path) -> dict[str, Path]:
     """A tiny target, a small draft model and a draft model with another vocabulary (for refusals)."""
-    paths = {"target": root / "target", "draft": root / "draft", "bad_draft": root / "bad_draft"}
-    tiny_model("llama", seed=11).save_pretrained(paths["target"])
+    paths = {"target": root / "target", "draft": root / "draft", "bad_draft": root / "bad_draft",
+             "falcon": root / "falcon"}
+    target = tiny_model("llama", seed=11)
+    target.save_pretrained(paths["target"])
+    torch.manual_seed(0)  # an untrained Falcon drafter: correct, rarely right
+    config = FalconConfig.from_target_config(target.config)
+    FalconDrafterModel(config, target.get_input_embeddings().weight.detach(),
+                       target.get_output_embeddings().weight.detach()).save(paths["falcon"])
     tiny_model("llama", seed=11).save_pretrained(paths["draft"])  # the target itself: a perfect drafter
     tiny_model("llama", seed=3, vocab_size=80).save_pretrained(paths["bad_draft"])
     return paths

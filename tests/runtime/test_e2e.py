@@ -35,12 +35,12 @@ def reference() -> list[list[int]]:
     return [hf_greedy(target, p, MAX_NEW) for p in PROMPTS]
 
 
-@pytest.fixture(scope="module", params=["async", "sync", "off"])
+@pytest.fixture(scope="module", params=["async", "sync", "off", "async-falcon"])
 def deployment(request: pytest.FixtureRequest, models: dict[str, Path],
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    mode = request.param
-    drafter = None if mode == "off" else {"kind": "model", "model": str(models["draft"])}
-    config = write_config(tmp_path_factory.mktemp(mode) / "tandem.yaml", models["target"], mode, drafter)
+    mode, _, kind = str(request.param).partition("-")
+    drafter = None if mode == "off" else {"kind": kind or "model", "model": str(models[kind or "draft"])}
+    config = write_config(tmp_path_factory.mktemp(str(request.param)) / "tandem.yaml", models["target"], mode, drafter)
     with Deployment(str(config)) as running:
         running.start(timeout_s=120)
         yield running
@@ -61,11 +61,12 @@ def test_concurrent_greedy_equals_generate(deployment: Deployment, reference: li
         assert [t for c in streamed for t in c.token_ids] == reference[1]
         assert streamed[-1].finish_reason == "length" and len(streamed) > 1
         metrics = client.metrics()
+    drafter = deployment.config.drafter
     if deployment.config.speculation.mode == "async":
         assert metrics["drafter_background_steps"] > 0  # the drafter grew trees while the verifier worked
-        assert metrics["reroot_hit_rate"] > 0
-    if deployment.config.speculation.mode != "off":
-        assert metrics["tau"] > 1.5
+    if deployment.config.uses_drafter and drafter is not None and drafter.kind == "model":
+        assert metrics["tau"] > 1.5  # the draft model is the target itself: it must be accepted
+        assert deployment.config.speculation.mode == "sync" or metrics["reroot_hit_rate"] > 0
 
 
 def test_seeded_sampling_is_reproducible(deployment: Deployment) -> None:

@@ -58,15 +58,23 @@ class ModelSession(DraftSession):
         feed = torch.nonzero(needed & (self.node_slots < 0)).flatten()
         if feed.numel() or (self.root_top is None):
             self._forward(feed)
-        tops = [self.root_top if int(n) == ROOT else (self.node_top_ids[n], self.node_top_probs[n])
-                for n in picked.tolist()]  # at most top_k picked nodes
-        assert all(t is not None for t in tops)  # every picked node was fed above
-        top_ids = torch.stack([t[0] for t in tops if t is not None])
-        top_probs = torch.stack([t[1] for t in tops if t is not None])
+        top_ids, top_probs = self._tops(picked)
         parents, tokens, probs = children_to_add(self.tree, picked, top_ids, top_probs, self.config)
         self.tree = self.tree.add(parents, tokens, probs)
         self._align_nodes()
         return True
+
+    def _tops(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[E, K] drafter top-k after each node (ROOT = the root); every node was fed before."""
+        ids = torch.zeros(nodes.numel(), self.config.top_k, dtype=torch.long)
+        probs = torch.zeros(nodes.numel(), self.config.top_k)
+        is_root = nodes == ROOT
+        ids[~is_root], probs[~is_root] = self.node_top_ids[nodes[~is_root]], self.node_top_probs[nodes[~is_root]]
+        if bool(is_root.any()):
+            if self.root_top is None:
+                raise RuntimeError("the root was not fed before its expansion")
+            ids[is_root], probs[is_root] = self.root_top[0], self.root_top[1]
+        return ids, probs
 
     def _forward(self, feed: torch.Tensor) -> None:
         """Feed pending committed tokens, the root (if uncached) and tree nodes `feed` in one forward."""

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Rebuild the demo models from scratch on CPU: tokenizer, target, AR draft, Falcon drafter, then the
+# drafter evaluation. Flags are exactly those used for the shipped checkpoints (models/demo/README.md).
+# About 80-90 minutes on 2 CPU cores. Training checkpoints go to $CKPT_DIR; rerunning with RESUME=1
+# continues interrupted trainings. Set WITH_ABLATION=1 to also run the CSGD ablation (~25 more minutes).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+OUT=${OUT:-models/demo}
+CKPT_DIR=${CKPT_DIR:-/tmp/tandem_build}
+RESUME_FLAG=$([[ "${RESUME:-0}" == 1 ]] && echo --resume || true)
+mkdir -p "$OUT" "$CKPT_DIR"
+
+python scripts/train_tokenizer.py --corpus stdlib --out "$OUT/tokenizer" --vocab-size 4096 --min-frequency 2
+
+python scripts/train_target.py --corpus stdlib --tokenizer "$OUT/tokenizer" --out "$OUT/target" \
+    --hidden-size 384 --num-layers 6 --num-heads 6 --num-kv-heads 2 --intermediate-size 1024 \
+    --max-position-embeddings 1024 --seq-len 256 --batch-size 16 --steps 450 \
+    --lr 1.5e-3 --warmup-steps 30 --min-lr-ratio 0.1 --weight-decay 0.1 --grad-clip 1.0 \
+    --eval-every 150 --eval-windows 64 --seed 0 --save-dtype float16 --compile \
+    --checkpoint "$CKPT_DIR/target.pt" --checkpoint-every 25 $RESUME_FLAG
+
+python scripts/train_draft.py --corpus stdlib --tokenizer "$OUT/tokenizer" --out "$OUT/draft" \
+    --teacher "$OUT/target" --hard-weight 0.0 \
+    --hidden-size 192 --num-layers 2 --num-heads 3 --num-kv-heads 1 --intermediate-size 512 \
+    --max-position-embeddings 1024 --seq-len 256 --batch-size 16 --steps 250 \
+    --lr 3e-3 --warmup-steps 20 --min-lr-ratio 0.1 --weight-decay 0.1 --grad-clip 1.0 \
+    --eval-every 125 --eval-windows 64 --seed 0 --save-dtype float16 --compile \
+    --checkpoint "$CKPT_DIR/draft.pt" --checkpoint-every 25 $RESUME_FLAG
+
+python scripts/train_drafter.py --corpus stdlib --target "$OUT/target" --out "$OUT/falcon" \
+    --num-layers 2 --block-size 2 --seq-len 256 --batch-size 8 --steps 400 \
+    --lr 1e-3 --warmup-steps 20 --min-lr-ratio 0.1 --weight-decay 0.0 --grad-clip 1.0 \
+    --feature-weight 1.0 --distill-weight 1.0 --glance-ratio 1.0 \
+    --eval-every 100 --eval-windows 32 --eval-prompts 20 --eval-new-tokens 64 --eval-tree default \
+    --seed 0 --save-dtype float16 --compile \
+    --checkpoint "$CKPT_DIR/falcon.pt" --checkpoint-every 25 $RESUME_FLAG
+
+if [[ "${WITH_ABLATION:-0}" == 1 ]]; then
+    for variant in glance no-glance; do
+        extra=$([[ $variant == no-glance ]] && echo --no-glance || true)
+        python scripts/train_drafter.py --corpus stdlib --target "$OUT/target" --out "$CKPT_DIR/ablation-$variant" \
+            --num-layers 2 --block-size 2 --seq-len 256 --batch-size 8 --steps 150 \
+            --lr 1e-3 --warmup-steps 20 --min-lr-ratio 0.1 --weight-decay 0.0 --grad-clip 1.0 \
+            --feature-weight 1.0 --distill-weight 1.0 --glance-ratio 1.0 $extra \
+            --eval-every 75 --eval-windows 32 --eval-prompts 20 --eval-new-tokens 64 --eval-tree default \
+            --seed 0 --save-dtype float16 --compile \
+            --checkpoint "$CKPT_DIR/ablation-$variant.pt" --checkpoint-every 25 $RESUME_FLAG
+    done
+fi
+
+python scripts/eval_drafters.py --target "$OUT/target" --falcon "$OUT/falcon" --draft "$OUT/draft" \
+    --corpus stdlib --num-prompts 20 --min-prompt-tokens 64 --max-prompt-tokens 128 --max-new-tokens 64 \
+    --trees default,static,wide --seed 0 --json "$OUT/eval.json"
