@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_prompts import PROMPTS  # scripts/ is on sys.path when run as a script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from runtime.generate import speculative_generate
@@ -26,13 +27,6 @@ from workers.drafters.model import ModelDrafter
 from workers.drafters.ngram import NgramDrafter
 from workers.target import TargetVerifier
 from workers.tree_policy import TreeConfig
-
-DEFAULT_PROMPTS = [
-    "import os\nimport sys\n\n\ndef main(argv):\n    \"\"\"Parse the command line and",
-    "class Queue:\n    \"\"\"A simple FIFO queue.\"\"\"\n\n    def __init__(self, maxsize=0):\n",
-    "def read_config(path):\n    with open(path) as f:\n        lines = f.readlines()\n    result = {}\n",
-    "    def __repr__(self):\n        return '%s(%r)' % (self.__class__.__name__,",
-]
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,7 +60,7 @@ def main() -> None:
     auto: Any = AutoModelForCausalLM
     model = auto.from_pretrained(args.target, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.target)
-    prompts = [tokenizer(p)["input_ids"] for p in DEFAULT_PROMPTS]
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
     model.generation_config.eos_token_id = None  # both sides generate exactly max_new_tokens
     verifier = TargetVerifier(model)
     rules = StopRules(args.max_new_tokens, frozenset())
@@ -102,7 +96,7 @@ def main() -> None:
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU"
-    print(f"machine: {machine}; target {args.target}; {args.max_new_tokens} new tokens x {len(DEFAULT_PROMPTS)}"
+    print(f"machine: {machine}; target {args.target}; {args.max_new_tokens} new tokens x {len(PROMPTS)}"
           " prompts, greedy, fp32")
     print("| method | tokens/s | speedup vs generate | τ | output == generate |")
     print("|---|---|---|---|---|")

@@ -20,18 +20,12 @@ from typing import Any
 
 import psutil
 import torch
+from bench_prompts import PROMPTS  # scripts/ is on sys.path when run as a script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from runtime.client import Client
 from runtime.config import TandemConfig
 from runtime.launch import Deployment, config_variant
-
-PROMPTS = [
-    "import os\nimport sys\n\n\ndef main(argv):\n    \"\"\"Parse the command line and",
-    "class Queue:\n    \"\"\"A simple FIFO queue.\"\"\"\n\n    def __init__(self, maxsize=0):\n",
-    "def read_config(path):\n    with open(path) as f:\n        lines = f.readlines()\n    result = {}\n",
-    "    def __repr__(self):\n        return '%s(%r)' % (self.__class__.__name__,",
-]
 
 
 def parse_args() -> argparse.Namespace:

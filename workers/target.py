@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache
+from transformers import DynamicCache
 
 from protocol.errors import ProtocolError, RequestError
 from workers import kv_cache
+from workers.hf_model import load_causal_lm
 from workers.tree import DraftTree
 from workers.tree_mask import tree_mask
 
@@ -46,9 +47,7 @@ class TargetVerifier:
     @classmethod
     def from_pretrained(cls, path: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
                         attn_implementation: str = "sdpa") -> TargetVerifier:
-        auto: Any = AutoModelForCausalLM  # typed as a decorator wrapper in transformers' stubs
-        model = auto.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
-        return cls(model.to(device))
+        return cls(load_causal_lm(path, dtype, device, attn_implementation))
 
     @property
     def device(self) -> torch.device:

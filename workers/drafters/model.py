@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from protocol.errors import ModelMismatchError
 from workers import kv_cache
 from workers.drafters.base import Drafter, DraftSession
+from workers.hf_model import load_causal_lm
 from workers.tree import ROOT
 from workers.tree_mask import additive_mask
 from workers.tree_policy import TreeConfig, children_to_add, pick_expansions
@@ -173,9 +173,7 @@ class ModelDrafter(Drafter):
     @classmethod
     def from_pretrained(cls, path: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
                         attn_implementation: str = "sdpa") -> ModelDrafter:
-        auto: Any = AutoModelForCausalLM  # typed as a decorator wrapper in transformers' stubs
-        model = auto.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
-        return cls(model.to(device))
+        return cls(load_causal_lm(path, dtype, device, attn_implementation))
 
     @property
     def dtype(self) -> torch.dtype:
