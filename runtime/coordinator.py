@@ -148,11 +148,12 @@ class Coordinator:
                 drafter.requests.add(request.request_id)
         drafter_worker = self.pool.workers.get(request.drafter) if request.drafter else None
         wants_features = drafter_worker is not None and drafter_worker.needs_features
+        wants_features &= is_new or request.wants_features_resync
         sampling = dataclasses.asdict(request.params)
         ids = request.committed if is_new else request.committed[:-1]
         budget = self.tree.total_tokens if self.mode != "off" else 0
         self._send_verifier(verifier, request, Prefill(request.request_id, request.epoch, ids, sampling,
-                                                       sample_next=is_new, want_features=wants_features and is_new,
+                                                       sample_next=is_new, want_features=wants_features,
                                                        max_tree_nodes=budget))
         request.phase = Phase.PREFILLING
 
@@ -168,6 +169,9 @@ class Coordinator:
         was_prefill = request.phase is Phase.PREFILLING
         if not message.token_ids:  # a resync: the verifier's cache is rebuilt, nothing new committed
             request.phase = Phase.READY
+            if request.wants_features_resync:
+                request.wants_features_resync = False
+                self._send_to_drafter(request, message, was_prefill=True)  # Open with every feature
             return
         kept, delta = request.apply(message.token_ids)
         if not was_prefill:
@@ -205,13 +209,17 @@ class Coordinator:
 
     def _dispatch(self) -> None:
         """Steps 2 and 6-7: every idle verifier gets the request that has waited longest."""
+        drafter = self.pool.least_loaded("drafter") if self.mode != "off" else None
         for request in self.requests.values():
             if request.phase is Phase.DRAFTING and request.drafter not in self.pool.workers:
                 request.drafter, request.phase = None, Phase.READY  # drafter gone: verifier-only
+            if request.phase is Phase.READY and request.drafter is None and drafter and not request.drafter_failed:
+                self._adopt(request, drafter)
         for verifier in self.pool.idle_verifiers():
             waiting = [r for r in self.requests.values()
                        if (r.phase is Phase.READY and r.verifier == verifier.identity)
-                       or (r.phase is Phase.QUEUED or (r.phase is Phase.RESYNC and r.verifier is None))]
+                       or r.phase is Phase.QUEUED
+                       or (r.phase is Phase.RESYNC and r.verifier in (None, verifier.identity))]
             if not waiting:
                 continue
             request = min(waiting, key=lambda r: self._served_at.get(r.request_id, 0.0))
@@ -255,6 +263,9 @@ class Coordinator:
     # ---- workers -----------------------------------------------------------------------------------
 
     def _on_hello(self, identity: bytes, hello: Hello, now: float) -> None:
+        previous = self.pool.workers.pop(identity, None)
+        if previous is not None:  # restarted under the same id before its heartbeats ran out
+            self._on_worker_lost(previous)
         reason = self.pool.admit(identity, hello, now)
         if reason is not None:
             self.metrics.num_workers_refused += 1
@@ -262,18 +273,21 @@ class Coordinator:
             self.outbox.append((identity, Refused(hello.worker_id, reason), False))
             return
         self.outbox.append((identity, Welcome(hello.worker_id, self.mode), False))
-        worker = self.pool.workers[identity]
-        if worker.role == "drafter" and self.mode != "off" and not worker.needs_features:
-            self._adopt_orphans(worker)
 
-    def _adopt_orphans(self, drafter: Worker) -> None:
-        """A drafter (re)joined: it takes over running requests that have none, from their committed tokens."""
-        for request in self.requests.values():
-            if request.drafter is None and request.phase in (Phase.READY, Phase.DRAFTING, Phase.VERIFYING):
-                request.drafter = drafter.identity
-                drafter.requests.add(request.request_id)
-                self.outbox.append((drafter.identity, Open(request.request_id, request.epoch,
-                                                           list(request.committed)), False))
+    def _adopt(self, request: Request, drafter: Worker) -> None:
+        """A drafter takes over a running request that has none (its drafter died, or none was there).
+
+        A drafter that reads no features opens from the committed tokens at once; one that does (Falcon)
+        needs the target's features of every committed position, so the verifier resyncs first.
+        """
+        request.drafter = drafter.identity
+        drafter.requests.add(request.request_id)
+        if drafter.needs_features:
+            request.wants_features_resync, request.phase = True, Phase.RESYNC
+        else:
+            self.outbox.append((drafter.identity, Open(request.request_id, request.epoch,
+                                                       list(request.committed)), False))
+            request.phase = Phase.DRAFTING
 
     def _on_worker_lost(self, worker: Worker) -> None:
         for request in [self.requests[r] for r in worker.requests if r in self.requests]:
@@ -294,7 +308,7 @@ class Coordinator:
         elif worker.role == "drafter":
             log.warning("drafter failed on %s (%s): %s; going on verifier-only", message.request_id, message.code,
                         message.message)
-            request.drafter = None
+            request.drafter, request.drafter_failed = None, True
             if request.phase is Phase.DRAFTING:
                 request.phase = Phase.READY
         else:

@@ -15,7 +15,8 @@ from workers.sampling import SamplingParams
 
 class Phase(enum.Enum):
     QUEUED = "queued"
-    RESYNC = "resync"  # its verifier was lost: a new one must rebuild the cache from the committed tokens
+    RESYNC = "resync"  # a verifier must rebuild the cache from the committed tokens (verifier lost,
+    # or a drafter that reads features joined mid-request and needs them)
     PREFILLING = "prefilling"  # Prefill sent to the verifier
     DRAFTING = "drafting"  # waiting for a Draft of the current epoch
     READY = "ready"  # has what it needs for the next verification
@@ -40,6 +41,8 @@ class Request:
     stats: SpecStats = field(default_factory=SpecStats)
     started: float = field(default_factory=time.monotonic)
     finish_reason: str | None = None
+    wants_features_resync: bool = False  # the resync also sends features to open a new drafter
+    drafter_failed: bool = False  # a drafter could not serve it: verifier-only from then on
 
     def __post_init__(self) -> None:
         self.committed = list(self.prompt_ids)

@@ -89,3 +89,73 @@ def test_a_result_for_another_epoch_is_not_applied() -> None:
     assert coordinator.metrics.num_stale_dropped == 1
     coordinator.on_worker(b"unknown", forged)  # a worker that never said hello
     assert coordinator.metrics.num_malformed_dropped == 1
+
+
+class Harness:
+    """Delivers the coordinator's messages to in-process workers, with a clock the test moves."""
+
+    def __init__(self, coordinator: Coordinator, handlers: dict[bytes, object], now: list[float]) -> None:
+        self.coordinator, self.handlers, self.now = coordinator, handlers, now
+        self.tokens: list[int] = []
+        self.finished = False
+        self.sent: list[tuple[bytes, Message]] = []
+
+    def step(self) -> None:
+        outbox, self.coordinator.outbox = self.coordinator.outbox, []
+        for identity, message, to_client in outbox:
+            if to_client:
+                if isinstance(message, Chunk):
+                    self.tokens += message.token_ids
+                    self.finished = self.finished or message.finish_reason is not None
+                continue
+            self.sent.append((identity, message))
+            handler = self.handlers.get(identity)
+            if handler is not None:
+                for reply in handler.handle(wire(message)):  # type: ignore[attr-defined]
+                    self.coordinator.on_worker(identity, wire(reply))
+        if not self.coordinator.outbox:
+            for identity, handler in self.handlers.items():
+                for reply in handler.step():  # type: ignore[attr-defined]
+                    self.coordinator.on_worker(identity, wire(reply))
+
+
+def test_a_falcon_drafter_joining_mid_request_gets_the_features() -> None:
+    from protocol.messages import Heartbeat, Open, Prefill
+    from workers.drafters.falcon import FalconDrafter
+    from workers.drafters.falcon_model import FalconConfig, FalconDrafterModel
+
+    target = tiny_model("llama", seed=11)
+    config = TandemConfig.from_dict({"verifier": {"model": "unused"}, "drafter": {"kind": "ngram"},
+                                     "speculation": {"mode": "async"}, "coordinator": {"worker_timeout_s": 2.0}})
+    now = [0.0]
+    coordinator = Coordinator(config, None, {"vocab_size": 96, "hidden_size": 64}, frozenset({2}), lambda: now[0])
+    falcon = FalconDrafter(FalconDrafterModel(FalconConfig.from_target_config(target.config),
+                                              target.get_input_embeddings().weight.detach(),
+                                              target.get_output_embeddings().weight.detach()))
+    handlers: dict[bytes, object] = {b"v": VerifierWorker(TargetVerifier(target), "v"),
+                                     b"d": DrafterWorker(ModelDrafter(target), config.speculation.tree, "async", "d")}
+    harness = Harness(coordinator, handlers, now)
+    for identity, handler in handlers.items():
+        coordinator.on_worker(identity, handler.hello())  # type: ignore[attr-defined]
+    coordinator.on_client(b"client", Generate("r1", prompt_ids=PROMPT, max_new_tokens=60))
+    while len(harness.tokens) < 10:
+        harness.step()
+    del handlers[b"d"]  # the drafter dies: its heartbeats stop
+    now[0] += 3.0
+    coordinator.on_worker(b"v", Heartbeat("v"))
+    coordinator.tick()
+    for _ in range(3):
+        harness.step()
+    assert coordinator.requests["r1"].drafter is None  # verifier-only meanwhile
+    handlers[b"d2"] = DrafterWorker(falcon, config.speculation.tree, "async", "d2", vocab_size=96, hidden_size=64)
+    coordinator.on_worker(b"d2", handlers[b"d2"].hello())  # type: ignore[attr-defined]
+    for _ in range(400):
+        if harness.finished:
+            break
+        harness.step()
+    assert harness.finished and harness.tokens == hf_greedy(target, PROMPT, 60)
+    resyncs = [m for i, m in harness.sent if isinstance(m, Prefill) and not m.sample_next]
+    opens = [m for i, m in harness.sent if i == b"d2" and isinstance(m, Open)]
+    assert resyncs and resyncs[0].want_features
+    assert opens and opens[0].features is not None and opens[0].features.shape[0] == opens[0].epoch - 1
+    assert handlers[b"d2"].stats()["num_snapshots"] > 0  # type: ignore[attr-defined]  # it drafted for r1
