@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 import torch
+import yaml
 
 from runtime.launch import free_port
 from tests.models import tiny_model

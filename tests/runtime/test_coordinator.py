@@ -159,3 +159,35 @@ def test_a_falcon_drafter_joining_mid_request_gets_the_features() -> None:
     assert resyncs and resyncs[0].want_features
     assert opens and opens[0].features is not None and opens[0].features.shape[0] == opens[0].epoch - 1
     assert handlers[b"d2"].stats()["num_snapshots"] > 0  # type: ignore[attr-defined]  # it drafted for r1
+
+
+def test_a_new_verifier_resyncs_a_request_whose_verifier_died() -> None:
+    from protocol.messages import Heartbeat, Prefill
+
+    target = tiny_model("llama", seed=11)
+    config = TandemConfig.from_dict({"verifier": {"model": "unused"}, "drafter": {"kind": "ngram"},
+                                     "speculation": {"mode": "sync"}, "coordinator": {"worker_timeout_s": 2.0}})
+    now = [0.0]
+    coordinator = Coordinator(config, None, {"vocab_size": 96, "hidden_size": 64}, frozenset({2}), lambda: now[0])
+    handlers: dict[bytes, object] = {b"v": VerifierWorker(TargetVerifier(target), "v"),
+                                     b"d": DrafterWorker(ModelDrafter(target), config.speculation.tree, "sync", "d")}
+    harness = Harness(coordinator, handlers, now)
+    for identity, handler in handlers.items():
+        coordinator.on_worker(identity, handler.hello())  # type: ignore[attr-defined]
+    coordinator.on_client(b"client", Generate("r1", prompt_ids=PROMPT, max_new_tokens=60))
+    while len(harness.tokens) < 10:
+        harness.step()
+    del handlers[b"v"]  # the verifier dies with its cache
+    now[0] += 3.0
+    coordinator.on_worker(b"d", Heartbeat("d"))
+    coordinator.tick()
+    harness.step()
+    assert not harness.finished and coordinator.requests["r1"].verifier is None
+    handlers[b"v2"] = VerifierWorker(TargetVerifier(target), "v2")
+    coordinator.on_worker(b"v2", handlers[b"v2"].hello())  # type: ignore[attr-defined]
+    for _ in range(400):
+        if harness.finished:
+            break
+        harness.step()
+    assert harness.finished and harness.tokens == hf_greedy(target, PROMPT, 60)
+    assert any(i == b"v2" and isinstance(m, Prefill) and not m.sample_next for i, m in harness.sent)
