@@ -175,7 +175,7 @@ def _build_tree(value: object) -> TreeConfig:
 
     values = dict(_mapping("speculation.tree", value))
     _check_keys("speculation.tree", values, TreeConfig)
-    for key in ("total_tokens", "depth", "top_k", "max_living_nodes"):
+    for key in ("total_tokens", "depth", "top_k", "max_living_nodes", "max_living_depth"):
         if key in values:  # type only; TreeConfig owns the ranges
             check_int(f"speculation.tree.{key}", values[key])
     if values.get("static_paths") is not None:

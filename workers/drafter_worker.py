@@ -100,8 +100,8 @@ class DrafterWorker:
         session = request.session
         if self.mode == "sync":
             tree = session.draft()
-        else:  # async: top up a shallow tree (a miss, or little idle time), never more than sync would grow
-            budget = math.ceil(self.tree.depth / session.tokens_per_step)
+        else:  # async: a re-rooted subtree goes out at once; after a miss, grow as sync would
+            budget = math.ceil(self.tree.depth / session.tokens_per_step) if session.tree.num_nodes == 0 else 0
             while request.can_grow and budget > 0 and session.tree.max_depth < self.tree.depth:
                 request.can_grow = session.grow()
                 budget -= 1

@@ -23,6 +23,8 @@ class TreeConfig:
     top_k: int = 8  # children per expanded node, and nodes expanded per drafter step
     static_paths: tuple[tuple[int, ...], ...] | None = None  # child-rank paths; None = dynamic tree
     max_living_nodes: int = 0  # cap of the living tree in async mode; 0 = 4 * total_tokens
+    max_living_depth: int = 0  # the living tree grows this deep (0 = 2 * depth), so a re-rooted
+    # subtree is still `depth` deep; snapshots never go below `depth`
     spec_codes: frozenset[int] = field(init=False, repr=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:
@@ -30,8 +32,9 @@ class TreeConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"tree.{key} must be a positive integer, got {value!r}")
-        if self.max_living_nodes < 0:
-            raise ValueError(f"tree.max_living_nodes must be >= 0, got {self.max_living_nodes!r}")
+        for key in ("max_living_nodes", "max_living_depth"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"tree.{key} must be >= 0, got {getattr(self, key)!r}")
         if self.static_paths is not None:
             paths = tuple(tuple(int(r) for r in p) for p in self.static_paths)
             _check_static_paths(paths)
@@ -44,6 +47,10 @@ class TreeConfig:
     @property
     def living_cap(self) -> int:
         return self.max_living_nodes or 4 * self.total_tokens
+
+    @property
+    def living_depth(self) -> int:
+        return max(self.max_living_depth or 2 * self.depth, self.depth)
 
     @property
     def is_static(self) -> bool:
@@ -96,7 +103,7 @@ def pick_expansions(tree: DraftTree, config: TreeConfig) -> torch.Tensor:
         return torch.tensor([ROOT])
     if tree.num_nodes >= config.living_cap:
         return torch.zeros(0, dtype=torch.long)
-    open_nodes = ~has_children & (tree.depths < config.depth)
+    open_nodes = ~has_children & (tree.depths < config.living_depth)
     if config.is_static:
         codes = rank_path_codes(tree, config.top_k)
         open_nodes &= _has_static_children(codes, config)

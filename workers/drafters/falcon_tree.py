@@ -77,7 +77,7 @@ def expand_blocks(tree: DraftTree, nodes: torch.Tensor, probs: torch.Tensor, out
     depths[nodes >= 0] = tree.depths[nodes[nodes >= 0]]
     added: list[torch.Tensor] = []
     for level in range(block_size):  # k levels, each a handful of tensor ops over all blocks
-        alive = (parents >= ROOT) & (depths + level + 1 <= config.depth)
+        alive = (parents >= ROOT) & (depths + level + 1 <= config.living_depth)
         if not bool(alive.any()):
             break
         rows = torch.nonzero(alive).flatten()  # [A]

@@ -229,7 +229,7 @@ def test_static_tree_has_exactly_the_spec_shape(target: LlamaForCausalLM, prompt
 @pytest.mark.parametrize("depth", [1, 3, 4])
 def test_dynamic_tree_respects_depth_and_total_tokens(target: LlamaForCausalLM, prompt: list[int],
                                                       depth: int) -> None:
-    config = TreeConfig(total_tokens=10, depth=depth, top_k=4)
+    config = TreeConfig(total_tokens=10, depth=depth, top_k=4, max_living_depth=depth)
     session = open_session(make_drafter(target), target, prompt, config)
     num_steps = 0
     while session.grow():
@@ -239,6 +239,12 @@ def test_dynamic_tree_respects_depth_and_total_tokens(target: LlamaForCausalLM, 
     snapshot = session.snapshot()
     assert snapshot.num_nodes == (4 if depth == 1 else 10) and snapshot.max_depth <= depth
     assert session.node_features.shape == (session.tree.num_nodes, HIDDEN)
+    deeper = open_session(make_drafter(target), target, prompt, TreeConfig(total_tokens=10, depth=depth, top_k=4))
+    while deeper.grow():
+        pass
+    assert deeper.tree.max_depth <= 2 * depth and deeper.snapshot().max_depth <= depth
+    if depth == 1:  # small enough to reach the living depth before the node cap
+        assert deeper.tree.max_depth == 2  # the living tree runs ahead of the snapshot depth
 
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path: Path, target: LlamaForCausalLM,
