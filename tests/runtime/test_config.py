@@ -280,3 +280,9 @@ def test_importing_config_does_not_import_torch() -> None:
     code = "import runtime.config, sys; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_bare_off_in_yaml_means_mode_off(tmp_path: Path) -> None:
+    path = tmp_path / "off.yaml"
+    path.write_text("verifier: {model: /nowhere}\nspeculation: {mode: off}\n")  # YAML 1.1: off -> False
+    assert TandemConfig.load(path).speculation.mode == "off"
