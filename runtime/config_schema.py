@@ -201,7 +201,7 @@ class SpeculationConfig:
     def __post_init__(self) -> None:
         from workers.tree_policy import TreeConfig
 
-        if self.mode is False:  # YAML 1.1 reads a bare `mode: off` as the boolean false
+        if self.mode is False:  # type: ignore[comparison-overlap]  # YAML 1.1 reads a bare `off` as false
             _set(self, "mode", "off")
         check_choice("speculation.mode", self.mode, SPECULATION_MODES)
         if not isinstance(self.tree, TreeConfig):
