@@ -71,7 +71,7 @@ def test_short_csgd_run_reduces_held_out_loss_and_resumes(target_dir: Path, tmp_
     assert after["loss"] < 0.93 * before["loss"]
     assert after["acc_d1"] > before["acc_d1"]
     # resume: a fresh model picks up the saved weights and step, and trains on to the new step count
-    resumed, _, state2 = run(target_dir, 42, ckpt, state=TrainState(),
+    _resumed, _, state2 = run(target_dir, 42, ckpt, state=TrainState(),
                              model=build_drafter(target_dir, target.config, 1, 2, seed=5))
     assert state2.step == 42 and state2.history[0] == state.history[0]
 
