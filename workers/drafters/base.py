@@ -9,6 +9,7 @@ back to the committed prefix when it is not.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -42,10 +43,17 @@ class DraftSession(ABC):
         """Run one drafter step on the living tree; False when it cannot grow any further."""
 
     def draft(self) -> DraftTree:
-        """Sync mode: grow enough steps to reach the depth budget, then take a snapshot."""
-        for _ in range(math.ceil(self.config.depth / self.tokens_per_step)):
-            if not self.grow():
-                break
+        """Sync mode: grow enough steps to reach the depth budget, then take a snapshot.
+
+        Growth stays within the snapshot depth here: nodes deeper than it could not be sent anyway.
+        """
+        living, self.config = self.config, dataclasses.replace(self.config, max_living_depth=self.config.depth)
+        try:
+            for _ in range(math.ceil(self.config.depth / self.tokens_per_step)):
+                if not self.grow():
+                    break
+        finally:
+            self.config = living
         return self.snapshot()
 
     def snapshot(self, total_tokens: int | None = None) -> DraftTree:
