@@ -49,7 +49,8 @@ def speculative_generate(target: TargetVerifier, drafter: Drafter | None, prompt
     stats = SpecStats()
     while reason is None:
         draft = session.draft() if session is not None else DraftTree.empty()
-        path, bonus, hidden = verify_and_accept(target, state, committed, draft, params, max_nodes=tree.total_tokens)
+        path, bonus, hidden = verify_and_accept(target, state, len(committed), committed[-1], draft, params,
+                                                tree.total_tokens)
         new_tokens = [*draft.token_ids[path].tolist(), bonus]
         kept, reason = apply_stop(new_tokens, len(generated), rules)
         stats.record(len(path), draft.max_depth, len(kept))

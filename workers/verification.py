@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from workers.acceptance import accept_path
@@ -12,17 +10,13 @@ from workers.target import TargetVerifier, VerifierState
 from workers.tree import DraftTree
 
 
-def verify_and_accept(target: TargetVerifier, state: VerifierState, committed: Sequence[int] | int,
-                      draft: DraftTree, params: SamplingParams, root: int | None = None,
-                      max_nodes: int | None = None) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """Verify `draft` below the root x[C-1] and keep the accepted path in the target's cache.
+def verify_and_accept(target: TargetVerifier, state: VerifierState, length: int, root: int, draft: DraftTree,
+                      params: SamplingParams, max_nodes: int | None = None) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Verify `draft` below the root x[C-1] (C = `length`) and keep the accepted path in the target's cache.
 
-    `committed` is the committed token list, or just its length C when `root` is given.
     Returns (accepted node indices in depth order, bonus token, features [N+1, H] of root + nodes).
     """
-    length = committed if isinstance(committed, int) else len(committed)
-    root_token = root if root is not None else int(committed[-1])  # type: ignore[index]
-    logits, hidden = target.verify(state, root_token, draft, max_nodes)
+    logits, hidden = target.verify(state, root, draft, max_nodes)
     positions = length + torch.cat([torch.zeros(1, dtype=torch.long), draft.depths])  # position each row predicts
     path, bonus = accept_path(draft, choose_tokens(logits, params, positions))
     target.accept(state, path)

@@ -91,8 +91,8 @@ class VerifierWorker:
                           f"draft for epoch {message.epoch}, cache is at {request.state.length + 1}")
         start = time.perf_counter()
         tree = tree_from_blobs(message.token_ids, message.parents, message.probs)
-        path, bonus, hidden = verify_and_accept(self.target, request.state, message.epoch, tree, request.params,
-                                                root=message.root, max_nodes=request.max_tree_nodes)
+        path, bonus, hidden = verify_and_accept(self.target, request.state, message.epoch, message.root, tree,
+                                                request.params, request.max_tree_nodes)
         tokens = [*tree.token_ids[path].tolist(), bonus]
         self.num_verifications += 1
         features = committed_features(hidden, path) if message.want_features else None

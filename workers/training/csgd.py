@@ -32,7 +32,7 @@ class CSGDConfig:
     feature_weight: float = 1.0  # smooth-L1 feature regression
     distill_weight: float = 1.0  # soft cross-entropy to the target's next-token distribution
     is_glancing: bool = True  # False = the --no-glance ablation (one pass, no replaced inputs)
-    glance_ratio: float = 1.0  # placeholders replaced per counted mistake
+    glance_ratio: float = 0.5  # placeholder slots replaced per counted mistake (k=2: glanced share = error rate)
     smooth_l1_beta: float = 1.0
 
     def __post_init__(self) -> None:
