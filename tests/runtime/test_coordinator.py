@@ -94,6 +94,44 @@ def test_a_result_for_another_epoch_is_not_applied() -> None:
 class Harness:
     """Delivers the coordinator's messages to in-process workers, with a clock the test moves."""
 
+    @staticmethod
+    def start(mode: str, max_new_tokens: int = 60) -> Harness:
+        """Verifier + model drafter (the target itself), request r1 running until 10 tokens are out."""
+        target = tiny_model("llama", seed=11)
+        config = TandemConfig.from_dict({"verifier": {"model": "unused"}, "drafter": {"kind": "ngram"},
+                                         "speculation": {"mode": mode}, "coordinator": {"worker_timeout_s": 2.0}})
+        now = [0.0]
+        coordinator = Coordinator(config, None, {"vocab_size": 96, "hidden_size": 64}, frozenset({2}),
+                                  lambda: now[0])
+        handlers: dict[bytes, object] = {
+            b"v": VerifierWorker(TargetVerifier(target), "v"),
+            b"d": DrafterWorker(ModelDrafter(target), config.speculation.tree, mode, "d")}
+        harness = Harness(coordinator, handlers, now)
+        for identity, handler in handlers.items():
+            coordinator.on_worker(identity, handler.hello())  # type: ignore[attr-defined]
+        coordinator.on_client(b"client", Generate("r1", prompt_ids=PROMPT, max_new_tokens=max_new_tokens))
+        while len(harness.tokens) < 10:
+            harness.step()
+        return harness
+
+    def kill(self, identity: bytes, survivor: bytes) -> None:
+        """`identity` stops answering; the clock passes its timeout while `survivor` keeps beating."""
+        from protocol.messages import Heartbeat
+
+        del self.handlers[identity]
+        self.now[0] += 3.0
+        self.coordinator.on_worker(survivor, Heartbeat(survivor.decode()))
+        self.coordinator.tick()
+        self.step()
+
+    def join(self, identity: bytes, handler: object) -> None:
+        self.handlers[identity] = handler
+        self.coordinator.on_worker(identity, handler.hello())  # type: ignore[attr-defined]
+        for _ in range(400):
+            if self.finished:
+                return
+            self.step()
+
     def __init__(self, coordinator: Coordinator, handlers: dict[bytes, object], now: list[float]) -> None:
         self.coordinator, self.handlers, self.now = coordinator, handlers, now
         self.tokens: list[int] = []
@@ -120,74 +158,33 @@ class Harness:
 
 
 def test_a_falcon_drafter_joining_mid_request_gets_the_features() -> None:
-    from protocol.messages import Heartbeat, Open, Prefill
+    from protocol.messages import Open, Prefill
     from workers.drafters.falcon import FalconDrafter
     from workers.drafters.falcon_model import FalconConfig, FalconDrafterModel
 
+    harness = Harness.start("async")
+    harness.kill(b"d", survivor=b"v")
+    assert harness.coordinator.requests["r1"].drafter is None  # verifier-only meanwhile
     target = tiny_model("llama", seed=11)
-    config = TandemConfig.from_dict({"verifier": {"model": "unused"}, "drafter": {"kind": "ngram"},
-                                     "speculation": {"mode": "async"}, "coordinator": {"worker_timeout_s": 2.0}})
-    now = [0.0]
-    coordinator = Coordinator(config, None, {"vocab_size": 96, "hidden_size": 64}, frozenset({2}), lambda: now[0])
     falcon = FalconDrafter(FalconDrafterModel(FalconConfig.from_target_config(target.config),
                                               target.get_input_embeddings().weight.detach(),
                                               target.get_output_embeddings().weight.detach()))
-    handlers: dict[bytes, object] = {b"v": VerifierWorker(TargetVerifier(target), "v"),
-                                     b"d": DrafterWorker(ModelDrafter(target), config.speculation.tree, "async", "d")}
-    harness = Harness(coordinator, handlers, now)
-    for identity, handler in handlers.items():
-        coordinator.on_worker(identity, handler.hello())  # type: ignore[attr-defined]
-    coordinator.on_client(b"client", Generate("r1", prompt_ids=PROMPT, max_new_tokens=60))
-    while len(harness.tokens) < 10:
-        harness.step()
-    del handlers[b"d"]  # the drafter dies: its heartbeats stop
-    now[0] += 3.0
-    coordinator.on_worker(b"v", Heartbeat("v"))
-    coordinator.tick()
-    for _ in range(3):
-        harness.step()
-    assert coordinator.requests["r1"].drafter is None  # verifier-only meanwhile
-    handlers[b"d2"] = DrafterWorker(falcon, config.speculation.tree, "async", "d2", vocab_size=96, hidden_size=64)
-    coordinator.on_worker(b"d2", handlers[b"d2"].hello())  # type: ignore[attr-defined]
-    for _ in range(400):
-        if harness.finished:
-            break
-        harness.step()
+    tree = harness.coordinator.tree
+    harness.join(b"d2", DrafterWorker(falcon, tree, "async", "d2", vocab_size=96, hidden_size=64))
     assert harness.finished and harness.tokens == hf_greedy(target, PROMPT, 60)
-    resyncs = [m for i, m in harness.sent if isinstance(m, Prefill) and not m.sample_next]
+    resyncs = [m for _, m in harness.sent if isinstance(m, Prefill) and not m.sample_next]
     opens = [m for i, m in harness.sent if i == b"d2" and isinstance(m, Open)]
     assert resyncs and resyncs[0].want_features
     assert opens and opens[0].features is not None and opens[0].features.shape[0] == opens[0].epoch - 1
-    assert handlers[b"d2"].stats()["num_snapshots"] > 0  # type: ignore[attr-defined]  # it drafted for r1
+    assert harness.handlers[b"d2"].stats()["num_snapshots"] > 0  # type: ignore[attr-defined]  # it drafted for r1
 
 
 def test_a_new_verifier_resyncs_a_request_whose_verifier_died() -> None:
-    from protocol.messages import Heartbeat, Prefill
+    from protocol.messages import Prefill
 
-    target = tiny_model("llama", seed=11)
-    config = TandemConfig.from_dict({"verifier": {"model": "unused"}, "drafter": {"kind": "ngram"},
-                                     "speculation": {"mode": "sync"}, "coordinator": {"worker_timeout_s": 2.0}})
-    now = [0.0]
-    coordinator = Coordinator(config, None, {"vocab_size": 96, "hidden_size": 64}, frozenset({2}), lambda: now[0])
-    handlers: dict[bytes, object] = {b"v": VerifierWorker(TargetVerifier(target), "v"),
-                                     b"d": DrafterWorker(ModelDrafter(target), config.speculation.tree, "sync", "d")}
-    harness = Harness(coordinator, handlers, now)
-    for identity, handler in handlers.items():
-        coordinator.on_worker(identity, handler.hello())  # type: ignore[attr-defined]
-    coordinator.on_client(b"client", Generate("r1", prompt_ids=PROMPT, max_new_tokens=60))
-    while len(harness.tokens) < 10:
-        harness.step()
-    del handlers[b"v"]  # the verifier dies with its cache
-    now[0] += 3.0
-    coordinator.on_worker(b"d", Heartbeat("d"))
-    coordinator.tick()
-    harness.step()
-    assert not harness.finished and coordinator.requests["r1"].verifier is None
-    handlers[b"v2"] = VerifierWorker(TargetVerifier(target), "v2")
-    coordinator.on_worker(b"v2", handlers[b"v2"].hello())  # type: ignore[attr-defined]
-    for _ in range(400):
-        if harness.finished:
-            break
-        harness.step()
-    assert harness.finished and harness.tokens == hf_greedy(target, PROMPT, 60)
+    harness = Harness.start("sync")
+    harness.kill(b"v", survivor=b"d")
+    assert not harness.finished and harness.coordinator.requests["r1"].verifier is None
+    harness.join(b"v2", VerifierWorker(TargetVerifier(tiny_model("llama", seed=11)), "v2"))
+    assert harness.finished and harness.tokens == hf_greedy(tiny_model("llama", seed=11), PROMPT, 60)
     assert any(i == b"v2" and isinstance(m, Prefill) and not m.sample_next for i, m in harness.sent)
