@@ -133,7 +133,7 @@ def build_drafters(args: argparse.Namespace) -> dict[str, Drafter]:
     return drafters
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--target", default="models/demo/target", help="target HF checkpoint directory")
@@ -149,11 +149,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="prompt selection seed")
     parser.add_argument("--json", default=None, help="write results as JSON here")
     parser.add_argument("--num-threads", type=int, default=2, help="torch intra-op threads")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.num_threads)
     tokenizer = AutoTokenizer.from_pretrained(args.target)
     target = TargetVerifier.from_pretrained(args.target)

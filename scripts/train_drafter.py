@@ -25,7 +25,7 @@ temperature 0.
 | `--grad-clip` | 1.0 | max global gradient norm (0 = off) |
 | `--feature-weight` | 1.0 | weight of the smooth-L1 feature regression |
 | `--distill-weight` | 1.0 | weight of the soft cross-entropy to the target's distribution |
-| `--glance-ratio` | 1.0 | placeholder slots replaced per first-pass mistake |
+| `--glance-ratio` | 0.5 | placeholder slots replaced per first-pass mistake (k=2: glanced share = error rate) |
 | `--no-glance` | off | ablation: one pass, no replaced inputs |
 | `--smooth-l1-beta` | 1.0 | smooth-L1 transition point |
 | `--eval-every` | 100 | held-out loss / per-depth accuracy every N steps (and at the end) |
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     csgd = parser.add_argument_group("CSGD")
     csgd.add_argument("--feature-weight", type=float, default=1.0, help="smooth-L1 feature regression weight")
     csgd.add_argument("--distill-weight", type=float, default=1.0, help="soft cross-entropy weight")
-    csgd.add_argument("--glance-ratio", type=float, default=1.0, help="replaced slots per first-pass mistake")
+    csgd.add_argument("--glance-ratio", type=float, default=0.5, help="replaced slots per first-pass mistake")
     csgd.add_argument("--no-glance", action="store_true", help="ablation: train without glancing")
     csgd.add_argument("--smooth-l1-beta", type=float, default=1.0, help="smooth-L1 beta")
     ev = parser.add_argument_group("evaluation")

@@ -21,7 +21,7 @@ from workers.training.corpus import read_corpus
 from workers.training.tokenizer import save_tokenizer, train_bpe
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--corpus", default="stdlib",
@@ -29,11 +29,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="models/demo/tokenizer", help="output directory")
     parser.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size incl. special tokens")
     parser.add_argument("--min-frequency", type=int, default=2, help="minimum pair count of a merge")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     start = time.perf_counter()
     docs = read_corpus(args.corpus, "train")
     tokenizer = train_bpe(docs, args.vocab_size, args.min_frequency)
