@@ -28,25 +28,18 @@ python scripts/train_draft.py --corpus stdlib --tokenizer "$OUT/tokenizer" --out
     --eval-every 125 --eval-windows 64 --seed 0 --save-dtype float16 --compile \
     --checkpoint "$CKPT_DIR/draft.pt" --checkpoint-every 25 $RESUME_FLAG
 
-python scripts/train_drafter.py --corpus stdlib --target "$OUT/target" --out "$OUT/falcon" \
-    --num-layers 2 --block-size 2 --seq-len 256 --batch-size 8 --steps 400 \
-    --lr 1e-3 --warmup-steps 20 --min-lr-ratio 0.1 --weight-decay 0.0 --grad-clip 1.0 \
-    --feature-weight 1.0 --distill-weight 1.0 --glance-ratio 1.0 \
-    --eval-every 100 --eval-windows 32 --eval-prompts 20 --eval-new-tokens 64 --eval-tree default \
-    --seed 0 --save-dtype float16 --compile \
-    --checkpoint "$CKPT_DIR/falcon.pt" --checkpoint-every 25 $RESUME_FLAG
+FALCON_FLAGS=(--corpus stdlib --target "$OUT/target" --num-layers 2 --block-size 2 --seq-len 256 --batch-size 8
+    --steps 600 --lr 2e-3 --warmup-steps 30 --min-lr-ratio 0.1 --weight-decay 0.0 --grad-clip 1.0
+    --feature-weight 1.0 --distill-weight 1.0 --glance-ratio 0.5
+    --eval-every 150 --eval-windows 32 --eval-prompts 20 --eval-new-tokens 64 --eval-tree default
+    --seed 0 --save-dtype float16 --compile --checkpoint-every 25)
+
+python scripts/train_drafter.py "${FALCON_FLAGS[@]}" --out "$OUT/falcon" --checkpoint "$CKPT_DIR/falcon.pt" $RESUME_FLAG
 
 if [[ "${WITH_ABLATION:-0}" == 1 ]]; then
-    for variant in glance no-glance; do
-        extra=$([[ $variant == no-glance ]] && echo --no-glance || true)
-        python scripts/train_drafter.py --corpus stdlib --target "$OUT/target" --out "$CKPT_DIR/ablation-$variant" \
-            --num-layers 2 --block-size 2 --seq-len 256 --batch-size 8 --steps 150 \
-            --lr 1e-3 --warmup-steps 20 --min-lr-ratio 0.1 --weight-decay 0.0 --grad-clip 1.0 \
-            --feature-weight 1.0 --distill-weight 1.0 --glance-ratio 1.0 $extra \
-            --eval-every 75 --eval-windows 32 --eval-prompts 20 --eval-new-tokens 64 --eval-tree default \
-            --seed 0 --save-dtype float16 --compile \
-            --checkpoint "$CKPT_DIR/ablation-$variant.pt" --checkpoint-every 25 $RESUME_FLAG
-    done
+    # CSGD ablation: the same run without glancing (the shipped drafter is the glancing arm)
+    python scripts/train_drafter.py "${FALCON_FLAGS[@]}" --no-glance --out "$CKPT_DIR/falcon-noglance" \
+        --checkpoint "$CKPT_DIR/falcon-noglance.pt" $RESUME_FLAG
 fi
 
 python scripts/eval_drafters.py --target "$OUT/target" --falcon "$OUT/falcon" --draft "$OUT/draft" \

@@ -16,10 +16,10 @@ temperature 0.
 | `--block-size` | 2 | k: tokens predicted per drafter forward |
 | `--seq-len` | 256 | training window (tokens; window − 1 pairs) |
 | `--batch-size` | 8 | windows per step |
-| `--steps` | 800 | optimizer steps |
-| `--lr` | 1e-3 | peak AdamW learning rate |
+| `--steps` | 600 | optimizer steps |
+| `--lr` | 2e-3 | peak AdamW learning rate |
 | `--min-lr-ratio` | 0.1 | cosine decay ends at lr × ratio |
-| `--warmup-steps` | 40 | linear warm-up steps |
+| `--warmup-steps` | 30 | linear warm-up steps |
 | `--weight-decay` | 0.0 | AdamW weight decay (matrices only) |
 | `--beta1`, `--beta2` | 0.9, 0.95 | AdamW betas |
 | `--grad-clip` | 1.0 | max global gradient norm (0 = off) |
@@ -28,7 +28,7 @@ temperature 0.
 | `--glance-ratio` | 0.5 | placeholder slots replaced per first-pass mistake (k=2: glanced share = error rate) |
 | `--no-glance` | off | ablation: one pass, no replaced inputs |
 | `--smooth-l1-beta` | 1.0 | smooth-L1 transition point |
-| `--eval-every` | 100 | held-out loss / per-depth accuracy every N steps (and at the end) |
+| `--eval-every` | 150 | held-out loss / per-depth accuracy every N steps (and at the end) |
 | `--eval-windows` | 32 | held-out windows for that evaluation |
 | `--eval-prompts` | 20 | held-out prompts for the final τ evaluation (0 = skip) |
 | `--eval-new-tokens` | 64 | new tokens per prompt |
@@ -98,14 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     csgd.add_argument("--no-glance", action="store_true", help="ablation: train without glancing")
     csgd.add_argument("--smooth-l1-beta", type=float, default=1.0, help="smooth-L1 beta")
     ev = parser.add_argument_group("evaluation")
-    ev.add_argument("--eval-every", type=int, default=100, help="held-out metrics every N steps")
+    ev.add_argument("--eval-every", type=int, default=150, help="held-out metrics every N steps")
     ev.add_argument("--eval-windows", type=int, default=32, help="held-out windows for those metrics")
     ev.add_argument("--eval-prompts", type=int, default=20, help="held-out prompts for the final τ (0 = skip)")
     ev.add_argument("--eval-new-tokens", type=int, default=64, help="new tokens per prompt")
     ev.add_argument("--eval-min-prompt-tokens", type=int, default=64, help="shortest prompt")
     ev.add_argument("--eval-max-prompt-tokens", type=int, default=128, help="longest prompt")
     ev.add_argument("--eval-tree", default="default", help="tree preset or TOTAL:DEPTH:TOP_K")
-    cli.add_common_args(parser, OptimConfig(num_steps=800, lr=1e-3, warmup_steps=40, weight_decay=0.0))
+    cli.add_common_args(parser, OptimConfig(num_steps=600, lr=2e-3, warmup_steps=30, weight_decay=0.0))
     return parser
 
 

@@ -18,14 +18,14 @@
 | `--untied` | off | separate LM head (default: tied to the embedding) |
 | `--seq-len` | 256 | training window length (tokens) |
 | `--batch-size` | 16 | windows per step |
-| `--steps` | 600 | optimizer steps |
-| `--lr` | 2e-3 | peak AdamW learning rate |
+| `--steps` | 450 | optimizer steps |
+| `--lr` | 1.5e-3 | peak AdamW learning rate |
 | `--min-lr-ratio` | 0.1 | cosine decay ends at lr × ratio |
 | `--warmup-steps` | 30 | linear warm-up steps |
 | `--weight-decay` | 0.1 | AdamW weight decay (matrices only) |
 | `--beta1`, `--beta2` | 0.9, 0.95 | AdamW betas |
 | `--grad-clip` | 1.0 | max global gradient norm (0 = off) |
-| `--eval-every` | 100 | held-out loss every N steps (and at the end) |
+| `--eval-every` | 150 | held-out loss every N steps (and at the end) |
 | `--eval-windows` | 64 | held-out windows of `--seq-len` tokens used for the loss |
 | `--num-samples` | 3 | greedy completions of code prompts printed and stored at the end |
 | `--sample-tokens` | 48 | new tokens per sample |
@@ -83,7 +83,7 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
                       help="with --teacher: weight of the plain next-token loss")
     data.add_argument("--seq-len", type=int, default=256, help="training window length")
     data.add_argument("--batch-size", type=int, default=16, help="windows per step")
-    data.add_argument("--eval-every", type=int, default=100, help="held-out loss every N steps")
+    data.add_argument("--eval-every", type=int, default=150, help="held-out loss every N steps")
     data.add_argument("--eval-windows", type=int, default=64, help="held-out windows for the loss")
     data.add_argument("--num-samples", type=int, default=3, help="greedy samples printed at the end")
     data.add_argument("--sample-tokens", type=int, default=48, help="new tokens per sample")
@@ -98,7 +98,7 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     shape.add_argument("--max-position-embeddings", type=int, default=1024)
     shape.add_argument("--rope-theta", type=float, default=10000.0)
     shape.add_argument("--untied", action="store_true", help="separate LM head (default: tied)")
-    cli.add_common_args(parser, OptimConfig(num_steps=600, lr=2e-3, warmup_steps=30))
+    cli.add_common_args(parser, OptimConfig(num_steps=450, lr=1.5e-3, warmup_steps=30))
     return parser
 
 
