@@ -92,7 +92,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     meta: dict[str, Any]) -> TrainState:
     """Restore weights, optimizer and state; refuses a checkpoint written with a different `meta`."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
     if blob["meta"] != meta:
         changed = sorted(k for k in set(blob["meta"]) | set(meta) if blob["meta"].get(k) != meta.get(k))
         raise ValueError(f"checkpoint {path} was written with different settings ({', '.join(changed)}); "
