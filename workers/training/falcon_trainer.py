@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from workers.drafters.falcon_model import FalconConfig, FalconDrafterModel, load_target_head
-from workers.training.csgd import CSGDConfig, Layout, Targets, build_layout, csgd_loss
+from workers.training.csgd import CSGDConfig, Targets, build_layout, csgd_loss
 from workers.training.lm import SAVE_DTYPES
 from workers.training.loop import StepOutput
 from workers.training.tokens import random_windows, step_generator
@@ -88,10 +88,6 @@ def held_out_metrics(model: FalconDrafterModel, target: Any, windows: torch.Tens
         num_batches += 1
     model.train(was_training)
     return {key: value / num_batches for key, value in totals.items()}
-
-
-def layout_for(model: FalconDrafterModel, seq_len: int) -> Layout:
-    return build_layout(seq_len - 1, model.config.block_size)
 
 
 def save_drafter(model: FalconDrafterModel, out_dir: str | Path, dtype: str = "float16") -> None:
