@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the verifier drives its requests (Prefill run settings, Steer)
 
 DTYPE_SIZES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "uint8": 1, "bool": 1}
 
@@ -139,10 +139,12 @@ class Error(Message):
 
 @dataclass(frozen=True)
 class Prefill(Message):
-    """Coordinator -> verifier: (re)build a request's cache from `token_ids`.
+    """Coordinator -> verifier: (re)build a request's cache from its committed tokens, then run it.
 
-    With `sample_next` the verifier samples the token after them (a new request); without, it only
-    rebuilds the cache (a resync after a worker restart) and commits nothing new.
+    With `sample_next` the verifier caches every token and samples the next one (a new request);
+    without, the last token is the root: it caches the others and commits nothing new (a resync after
+    a worker restart). Either way it then verifies the request on its own, one verification after
+    another (`mode`), until `max_length` committed tokens, a token of `stop_token_ids`, or `Release`.
     """
 
     TYPE: ClassVar[str] = "prefill"
@@ -151,22 +153,44 @@ class Prefill(Message):
     token_ids: list[int]
     sampling: dict[str, Any]  # temperature, top_p, top_k, seed
     sample_next: bool = True
+    want_features: bool = False  # send the target's features with every commit (a Falcon drafter reads them)
+    max_tree_nodes: int = 0  # most nodes one verification may check (0 = no tree)
+    mode: str = "off"  # async: verify the newest tree held, never wait | sync: wait for a fresh draft | off
+    max_length: int = 0  # stop after this many committed tokens (0 = the model's context)
+    stop_token_ids: list[int] = field(default_factory=list)  # stop after committing one of these
+
+
+@dataclass(frozen=True)
+class Steer(Message):
+    """Coordinator -> verifier: the request's drafter changed (lost, joined, replaced).
+
+    `send_features` asks for the features of every committed position but the root, once (a drafter
+    that reads features is taking the request over): the verifier answers with a `Committed` with no
+    tokens at its current epoch.
+    """
+
+    TYPE: ClassVar[str] = "steer"
+    request_id: str
+    mode: str  # async | sync | off, as in Prefill
     want_features: bool = False
-    max_tree_nodes: int = 0  # budget of the trees this request's drafts may have (0 = no tree)
+    send_features: bool = False
 
 
 @dataclass(frozen=True)
 class Draft(Message):
-    """Drafter -> coordinator -> verifier: a snapshot of the living tree built on epoch C."""
+    """Drafter -> coordinator -> verifier: the living tree below the root x[C-1], built on epoch C.
+
+    The verifier keeps the newest tree per request; one built on an older epoch is re-rooted along the
+    tokens committed since (or dropped when it does not contain them).
+    """
 
     TYPE: ClassVar[str] = "draft"
     request_id: str
     epoch: int
     root: int
     token_ids: Blob  # [N] int64
-    parents: Blob  # [N] int64, -1 = root
+    parents: Blob  # [N] int64, -1 = root; parents before children
     probs: Blob  # [N] float32
-    want_features: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,10 +200,12 @@ class Committed(Message):
     TYPE: ClassVar[str] = "committed"
     request_id: str
     epoch: int
-    token_ids: list[int]  # accepted nodes' tokens then the bonus token (empty for a resync)
-    tree_depth: int
-    features: Blob | None = None  # [len(token_ids), H] for verify; [C-1, H] for prefill
-    compute_s: float = 0.0
+    token_ids: list[int]  # accepted nodes' tokens then the bonus token (empty for a resync / feature resend)
+    tree_depth: int  # depth of the verified tree
+    features: Blob | None = None  # [len(token_ids), H] for verify; [C-1, H] for prefill and feature resends
+    compute_s: float = 0.0  # verifier time spent on this result
+    num_nodes: int = 0  # draft nodes verified
+    reroot_hit: bool = False  # the tree the verifier held spelled every token committed here
 
 
 @dataclass(frozen=True)
@@ -222,5 +248,5 @@ class Failed(Message):
 
 ALL_MESSAGES: tuple[type[Message], ...] = (
     Hello, Welcome, Refused, Heartbeat, Shutdown, Generate, Cancel, GetMetrics, Metrics, Chunk, Error,
-    Prefill, Draft, Committed, Open, Commit, Release, Failed)
+    Prefill, Steer, Draft, Committed, Open, Commit, Release, Failed)
 MESSAGE_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in ALL_MESSAGES}

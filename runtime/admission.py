@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from protocol.errors import RequestError
 from protocol.messages import Generate
+from protocol.params import SamplingParams
 from runtime.config import LimitsConfig
 from runtime.request import Request
 from runtime.stopping import StopRules
 from runtime.text import TextStream
-from workers.sampling import SamplingParams
 
 
 def build_request(message: Generate, client: bytes, tokenizer: Any, vocab_size: int, limits: LimitsConfig,
-                  eos_token_ids: frozenset[int]) -> Request:
+                  eos_token_ids: frozenset[int], now: float) -> Request:
     if not message.request_id:
         raise RequestError("request_id must be a non-empty string")
     prompt_ids = _prompt_ids(message, tokenizer)
@@ -35,7 +34,7 @@ def build_request(message: Generate, client: bytes, tokenizer: Any, vocab_size: 
     params = SamplingParams(message.temperature, message.top_p, message.top_k, message.seed).with_seed()
     stop_ids = frozenset(message.stop_token_ids) | (frozenset() if message.ignore_eos else eos_token_ids)
     return Request(message.request_id, client, prompt_ids, params, StopRules(max_new, stop_ids),
-                   TextStream(tokenizer, message.stop), deadline=time.monotonic() + limits.request_timeout_s)
+                   TextStream(tokenizer, message.stop), started=now, deadline=now + limits.request_timeout_s)
 
 
 def _prompt_ids(message: Generate, tokenizer: Any) -> list[int]:

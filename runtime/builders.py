@@ -61,7 +61,12 @@ def build_verifier_worker(config: TandemConfig, worker_id: str) -> Any:
     apply_placement(section)
     target = TargetVerifier.from_pretrained(section.model, section.torch_dtype, section.device,
                                             section.attn_implementation)
-    return VerifierWorker(target, worker_id, tokenizer_hash(section.model), os.path.basename(section.model))
+    speculation = config.speculation
+    worker = VerifierWorker(target, worker_id, tokenizer_hash(section.model), os.path.basename(section.model),
+                            speculation.acceptance, max(speculation.tree.total_tokens, 1))
+    if speculation.mode != "off":
+        worker.calibrate()  # t(n) for the cost model; refined online
+    return worker
 
 
 def build_drafter_worker(config: TandemConfig, worker_id: str) -> Any:

@@ -2,7 +2,7 @@
 
 YAML keys equal dataclass field names. Unknown keys, missing required keys and wrong types raise
 ConfigError naming the dotted key (`verifier.num_threads`) and the file. Importing this module does
-not import torch; building a `speculation.tree` does (workers.tree_policy imports it).
+not import torch.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from runtime.config_schema import (
 )
 
 if TYPE_CHECKING:
-    from workers.tree_policy import TreeConfig
+    from protocol.params import TreeConfig
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -171,7 +171,7 @@ def _section(top: Mapping[str, Any], name: str, cls: type[_T]) -> _T | None:
 
 def _build_tree(value: object) -> TreeConfig:
     """`speculation.tree` through TreeConfig, whose own messages (`tree.<key> ...`) gain the prefix."""
-    from workers.tree_policy import TreeConfig
+    from protocol.params import TreeConfig
 
     values = dict(_mapping("speculation.tree", value))
     _check_keys("speculation.tree", values, TreeConfig)

@@ -18,7 +18,7 @@ from protocol.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-    from workers.tree_policy import TreeConfig
+    from protocol.params import TreeConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -186,7 +186,7 @@ class DrafterConfig(_Placement):
 
 
 def _default_tree() -> TreeConfig:
-    from workers.tree_policy import TreeConfig  # lazy: workers.tree_policy imports torch
+    from protocol.params import TreeConfig
 
     return TreeConfig()
 
@@ -197,13 +197,15 @@ class SpeculationConfig:
 
     mode: str = "async"
     tree: TreeConfig = field(default_factory=_default_tree)
+    acceptance: str = "calibrated"  # per-node acceptance estimates: calibrated path probability | learned
 
     def __post_init__(self) -> None:
-        from workers.tree_policy import TreeConfig
+        from protocol.params import TreeConfig
 
         if self.mode is False:  # type: ignore[comparison-overlap]  # YAML 1.1 reads a bare `off` as false
             _set(self, "mode", "off")
         check_choice("speculation.mode", self.mode, SPECULATION_MODES)
+        check_choice("speculation.acceptance", self.acceptance, ("calibrated", "learned"))
         if not isinstance(self.tree, TreeConfig):
             raise ConfigError(f"speculation.tree must be a TreeConfig, got {self.tree!r}")
 
@@ -216,11 +218,12 @@ class LimitsConfig:
     max_new_tokens: int = 1024  # most a request may ask for
     default_max_new_tokens: int | None = None  # for a request that names none; None = min(128, max_new_tokens)
     max_queued_requests: int = 256
+    max_running_per_verifier: int = 32  # requests one verifier drives at once (each holds a KV cache)
     request_timeout_s: float = 120.0
     max_message_bytes: int = 64 * 1024 * 1024  # bound on one ZeroMQ message, all frames together
 
     def __post_init__(self) -> None:
-        for key in ("max_prompt_tokens", "max_new_tokens", "max_queued_requests"):
+        for key in ("max_prompt_tokens", "max_new_tokens", "max_queued_requests", "max_running_per_verifier"):
             check_int(f"limits.{key}", getattr(self, key), 1)
         check_int("limits.max_message_bytes", self.max_message_bytes, 1024)
         _set(self, "request_timeout_s", check_positive_float("limits.request_timeout_s", self.request_timeout_s))

@@ -1,14 +1,16 @@
-"""The coordinator: owns every request and decides what each worker's cache must hold.
+"""The coordinator: owns every request, applies results in epoch order, and tells workers what to hold.
 
-Events come in (`on_client`, `on_worker`, `tick`), messages go out through `outbox`; no sockets
-here, so the same object runs behind ZeroMQ (runtime/server.py) and in-process (runtime/engine.py).
-The request lifecycle of docs/design.md §3, step by step:
-  1. `_admit`            Generate -> validated Request, queued
-  2. `_start`            verifier (+ drafter) assigned, Prefill sent
-  3-4, 8. `_on_committed` tokens appended under the stop rules, streamed; Open/Commit to the drafter
-  5-6. `_on_draft`       newest snapshot of the current epoch kept
-  6-7. `_dispatch`       an idle verifier gets the next ready request's snapshot (or an empty tree)
-  9. `_finish`           last chunk, Release to both workers
+Events come in (`on_client`, `on_worker`, `tick`), messages go out through `outbox`; no sockets and
+no torch here, so the same object runs behind ZeroMQ (runtime/server.py) and in-process
+(runtime/engine.py). The request lifecycle of docs/design.md §3, step by step:
+  1. `_admit`         Generate -> validated Request, queued
+  2. `_start`         a verifier (and a drafter) assigned; Prefill with the run settings
+  3. `_on_committed`  the verifier's results, in epoch order: stop rules, streaming, Open/Commit to the drafter
+  4. `_on_draft`      a drafter's living tree, forwarded to the request's verifier at once
+  5. `_finish`        last chunk with the stats, Release to both workers
+The verifier drives each request itself (verify -> commit -> re-root -> verify); the coordinator is
+never on that path. It stays the authority for stop rules, streaming and epochs: a result past a
+stop, or from a worker that no longer holds the request, is dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from typing import Any
 
 from protocol.errors import RequestError
 from protocol.messages import (
-    Blob,
     Cancel,
     Chunk,
     Commit,
@@ -39,6 +40,7 @@ from protocol.messages import (
     Prefill,
     Refused,
     Release,
+    Steer,
     Welcome,
 )
 from runtime.admission import build_request
@@ -59,10 +61,10 @@ class Coordinator:
         self.limits = config.limits
         self.tokenizer, self.reference, self.eos_token_ids, self.clock = tokenizer, reference, eos_token_ids, clock
         self.pool = WorkerPool(reference, config.coordinator.worker_timeout_s)
-        self.requests: dict[str, Request] = {}
+        self.requests: dict[str, Request] = {}  # in arrival order
         self.metrics = RuntimeMetrics()
         self.outbox: list[Outgoing] = []
-        self._served_at: dict[str, float] = {}
+        self._needs_dispatch = False  # set by what can change an assignment: admission, workers, finishes
 
     # ---- events ----------------------------------------------------------------------------------
 
@@ -88,12 +90,11 @@ class Coordinator:
             self.metrics.num_malformed_dropped += 1  # a worker must say Hello first
             self.outbox.append((identity, Refused(identity.decode(errors="replace"), "send Hello first"), False))
         elif isinstance(message, Heartbeat):
-            if worker.role == "drafter":
-                self.metrics.drafter_stats[message.worker_id] = message.stats
+            self.metrics.worker_stats[message.worker_id] = {"role": worker.role, **message.stats}
         elif isinstance(message, Committed):
             self._on_committed(worker, message)
         elif isinstance(message, Draft):
-            self._on_draft(message)
+            self._on_draft(worker, message)
         elif isinstance(message, Failed):
             self._on_failed(worker, message)
         self._dispatch()
@@ -127,119 +128,92 @@ class Coordinator:
             return
         try:
             request = build_request(message, client, self.tokenizer, int(self.reference["vocab_size"]),
-                                    self.limits, self.eos_token_ids)
+                                    self.limits, self.eos_token_ids, self.clock())
         except RequestError as err:
             self._to_client(client, Error(message.request_id, "bad_request", str(err)))
             return
-        request.deadline = self.clock() + self.limits.request_timeout_s
         self.requests[request.request_id] = request
-        self._served_at[request.request_id] = self.clock()
         self.metrics.started(self.clock())
+        self._needs_dispatch = True
+
+    def _dispatch(self) -> None:
+        """Queued requests get a verifier; running requests without a drafter get one when there is one."""
+        if not self._needs_dispatch:
+            return
+        self._needs_dispatch = False
+        for request in [r for r in self.requests.values() if r.phase is Phase.QUEUED]:
+            verifier = self.pool.least_loaded("verifier")
+            if verifier is None or len(verifier.requests) >= self.limits.max_running_per_verifier:
+                break
+            self._start(request, verifier)
+        drafter = self.pool.least_loaded("drafter") if self.mode != "off" else None
+        if drafter is not None:
+            for request in self.requests.values():
+                if request.phase is Phase.RUNNING and request.drafter is None and not request.drafter_failed:
+                    self._adopt(request, drafter)
 
     def _start(self, request: Request, verifier: Worker) -> None:
-        """Step 2 (and a resync after a verifier was lost): assign workers, (re)build the verifier cache."""
-        is_new = request.phase is Phase.QUEUED
-        request.verifier = verifier.identity
-        verifier.requests.add(request.request_id)
-        if is_new and self.mode != "off":
+        """Step 2 (and a resync after a verifier was lost): the verifier (re)builds the cache and runs."""
+        is_new = not request.generated
+        if is_new and self.mode != "off" and request.drafter is None and not request.drafter_failed:
             drafter = self.pool.least_loaded("drafter")
             if drafter is not None:
-                request.drafter = drafter.identity
+                request.link_drafter(drafter.identity)
                 drafter.requests.add(request.request_id)
-        drafter_worker = self.pool.workers.get(request.drafter) if request.drafter else None
-        wants_features = drafter_worker is not None and drafter_worker.needs_features
-        wants_features &= is_new or request.wants_features_resync
-        sampling = dataclasses.asdict(request.params)
-        ids = request.committed if is_new else request.committed[:-1]
-        budget = self.tree.total_tokens if self.mode != "off" else 0
-        self._send_verifier(verifier, request, Prefill(request.request_id, request.epoch, ids, sampling,
-                                                       sample_next=is_new, want_features=wants_features,
-                                                       max_tree_nodes=budget))
-        request.phase = Phase.PREFILLING
+        verifier.requests.add(request.request_id)
+        request.assign_verifier(verifier.identity)
+        self._send(request.verifier, Prefill(
+            request.request_id, request.epoch, list(request.committed), dataclasses.asdict(request.params),
+            sample_next=is_new, want_features=self._wants_features(request),
+            max_tree_nodes=self.tree.total_tokens if self.mode != "off" else 0, mode=self._verifier_mode(request),
+            max_length=request.max_length, stop_token_ids=sorted(request.rules.stop_token_ids)))
 
     def _on_committed(self, worker: Worker, message: Committed) -> None:
-        if worker.busy_with == message.request_id:
-            worker.busy_with = None
-        self.metrics.verifier_compute_s += message.compute_s
+        self.metrics.verifier_compute_s += message.compute_s  # busy time, whether or not the result is used
         request = self.requests.get(message.request_id)
-        if request is None or request.phase not in (Phase.PREFILLING, Phase.VERIFYING) \
+        if request is None or request.phase not in (Phase.PREFILLING, Phase.RUNNING) \
                 or message.epoch != request.epoch or request.verifier != worker.identity:
             self.metrics.num_stale_dropped += 1
             return
         was_prefill = request.phase is Phase.PREFILLING
-        if not message.token_ids:  # a resync: the verifier's cache is rebuilt, nothing new committed
-            request.phase = Phase.READY
-            if request.wants_features_resync:
-                request.wants_features_resync = False
-                self._send_to_drafter(request, message, was_prefill=True)  # Open with every feature
+        if was_prefill:
+            request.prefilled()
+            self._needs_dispatch = True  # a running request may now be adopted by a drafter
+        if not message.token_ids:  # a resync, or features sent for a drafter that is taking over
+            if request.is_features_pending and not was_prefill and message.features is not None:
+                self._open_drafter(request, message)
             return
         kept, delta = request.apply(message.token_ids)
         if not was_prefill:
-            request.stats.record(len(message.token_ids) - 1, message.tree_depth, len(kept))
-            self.metrics.spec.record(len(message.token_ids) - 1, message.tree_depth, len(kept))
+            record = (len(message.token_ids) - 1, message.tree_depth, len(kept), message.num_nodes,
+                      message.reroot_hit)
+            request.stats.record(*record)
+            self.metrics.spec.record(*record)
         self.metrics.num_generated += len(kept)
         self.metrics.started(self.clock())
         if request.finish_reason is not None:
             self._finish(request, request.finish_reason, kept, delta)
             return
         self._to_client(request.client, Chunk(request.request_id, kept, delta))
-        self._send_to_drafter(request, message, was_prefill)
+        if was_prefill and request.drafter is not None and not request.is_drafter_open:
+            self._open_drafter(request, message)  # a new request: Open with the prompt's features
+        elif request.is_drafter_open and request.drafter is not None:
+            self._send(request.drafter, Commit(request.request_id, request.epoch, list(message.token_ids),
+                                               message.features))
 
-    def _send_to_drafter(self, request: Request, message: Committed, was_prefill: bool) -> None:
-        """Step 4: the drafter opens the request, or re-roots / rolls back its living tree."""
-        request.draft = None
-        drafter = self.pool.workers.get(request.drafter) if request.drafter else None
-        if drafter is None:
-            request.phase = Phase.READY
-            return
-        if was_prefill:
-            out: Message = Open(request.request_id, request.epoch, list(request.committed), message.features)
-        else:
-            out = Commit(request.request_id, request.epoch, list(message.token_ids), message.features)
-        self.outbox.append((drafter.identity, out, False))
-        request.phase = Phase.DRAFTING
-
-    def _on_draft(self, message: Draft) -> None:
+    def _on_draft(self, worker: Worker, message: Draft) -> None:
+        """Step 4: forward at once; the verifier re-roots it along whatever it committed since."""
         request = self.requests.get(message.request_id)
-        if request is None or request.phase is not Phase.DRAFTING or message.epoch != request.epoch:
+        if request is None or request.phase is not Phase.RUNNING or request.drafter != worker.identity \
+                or not 1 <= message.epoch <= request.epoch:
             self.metrics.num_stale_dropped += 1
             return
-        request.draft = message
-        request.phase = Phase.READY
-
-    def _dispatch(self) -> None:
-        """Steps 2 and 6-7: every idle verifier gets the request that has waited longest."""
-        drafter = self.pool.least_loaded("drafter") if self.mode != "off" else None
-        for request in self.requests.values():
-            if request.phase is Phase.DRAFTING and request.drafter not in self.pool.workers:
-                request.drafter, request.phase = None, Phase.READY  # drafter gone: verifier-only
-            if request.phase is Phase.READY and request.drafter is None and drafter and not request.drafter_failed:
-                self._adopt(request, drafter)
-        for verifier in self.pool.idle_verifiers():
-            waiting = [r for r in self.requests.values()
-                       if (r.phase is Phase.READY and r.verifier == verifier.identity)
-                       or r.phase is Phase.QUEUED
-                       or (r.phase is Phase.RESYNC and r.verifier in (None, verifier.identity))]
-            if not waiting:
-                continue
-            request = min(waiting, key=lambda r: self._served_at.get(r.request_id, 0.0))
-            self._served_at[request.request_id] = self.clock()
-            if request.phase is Phase.READY:
-                self._send_verify(verifier, request)
-            else:
-                self._start(request, verifier)
-
-    def _send_verify(self, verifier: Worker, request: Request) -> None:
-        drafter = self.pool.workers.get(request.drafter) if request.drafter else None
-        wants_features = drafter is not None and drafter.needs_features
-        draft = request.draft if request.draft is not None else _empty_draft(request)
-        self._send_verifier(verifier, request, dataclasses.replace(draft, want_features=wants_features))
-        request.draft = None
-        request.phase = Phase.VERIFYING
+        self.metrics.num_drafts_forwarded += 1
+        self._send(request.verifier, message)
 
     def _finish(self, request: Request, reason: str, kept: list[int] | None = None, delta: str = "") -> None:
-        """Step 9: the last chunk with the stats, then every worker frees the request."""
-        request.phase = Phase.DONE
+        """Step 5: the last chunk with the stats, then every worker frees the request."""
+        request.finish(reason)
         request.stats.elapsed_s = self.clock() - request.started
         self._to_client(request.client, Chunk(request.request_id, kept or [], delta, reason, request.stats.as_dict()))
         self._release(request)
@@ -247,6 +221,7 @@ class Coordinator:
 
     def _fail(self, request: Request, code: str, message: str) -> None:
         log.warning("request %s failed (%s): %s", request.request_id, code, message)
+        request.finish(code)
         self._to_client(request.client, Error(request.request_id, code, message))
         self._release(request)
         self.metrics.num_errors += 1
@@ -258,7 +233,40 @@ class Coordinator:
                 worker.requests.discard(request.request_id)
                 self.outbox.append((worker.identity, Release(request.request_id), False))
         self.requests.pop(request.request_id, None)
-        self._served_at.pop(request.request_id, None)
+        self._needs_dispatch = True
+
+    # ---- drafters ----------------------------------------------------------------------------------
+
+    def _adopt(self, request: Request, drafter: Worker) -> None:
+        """A drafter takes over a running request that has none (its drafter died, or none was there).
+
+        One that reads no features opens from the committed tokens at once; a Falcon drafter needs the
+        target's features of every committed position, which the verifier sends first.
+        """
+        request.link_drafter(drafter.identity, awaits_features=drafter.needs_features)
+        drafter.requests.add(request.request_id)
+        if not drafter.needs_features:
+            request.drafter_opened()
+            self._send(drafter.identity, Open(request.request_id, request.epoch, list(request.committed)))
+        self._steer(request, send_features=drafter.needs_features)
+
+    def _open_drafter(self, request: Request, message: Committed) -> None:
+        if request.drafter is not None:
+            request.drafter_opened()
+            self._send(request.drafter, Open(request.request_id, request.epoch, list(request.committed),
+                                             message.features))
+
+    def _steer(self, request: Request, send_features: bool = False) -> None:
+        if request.verifier is not None:
+            self._send(request.verifier, Steer(request.request_id, self._verifier_mode(request),
+                                               self._wants_features(request), send_features))
+
+    def _verifier_mode(self, request: Request) -> str:
+        return self.mode if request.drafter is not None else "off"
+
+    def _wants_features(self, request: Request) -> bool:
+        drafter = self.pool.workers.get(request.drafter) if request.drafter else None
+        return drafter is not None and drafter.needs_features
 
     # ---- workers -----------------------------------------------------------------------------------
 
@@ -273,65 +281,51 @@ class Coordinator:
             self.outbox.append((identity, Refused(hello.worker_id, reason), False))
             return
         self.outbox.append((identity, Welcome(hello.worker_id, self.mode), False))
-
-    def _adopt(self, request: Request, drafter: Worker) -> None:
-        """A drafter takes over a running request that has none (its drafter died, or none was there).
-
-        A drafter that reads no features opens from the committed tokens at once; one that does (Falcon)
-        needs the target's features of every committed position, so the verifier resyncs first.
-        """
-        request.drafter = drafter.identity
-        drafter.requests.add(request.request_id)
-        if drafter.needs_features:
-            request.wants_features_resync, request.phase = True, Phase.RESYNC
-        else:
-            self.outbox.append((drafter.identity, Open(request.request_id, request.epoch,
-                                                       list(request.committed)), False))
-            request.phase = Phase.DRAFTING
+        self._needs_dispatch = True
 
     def _on_worker_lost(self, worker: Worker) -> None:
+        self._needs_dispatch = True
         for request in [self.requests[r] for r in worker.requests if r in self.requests]:
-            if worker.role == "drafter":
-                request.drafter = None
-                if request.phase is Phase.DRAFTING:
-                    request.phase = Phase.READY
+            if worker.role == "drafter":  # verifier-only until a drafter adopts it
+                request.unlink_drafter()
+                self._steer(request)
             else:  # the committed tokens are safe here: a new verifier re-prefills and the request goes on
-                request.verifier = None
-                request.phase = Phase.QUEUED if request.epoch == len(request.prompt_ids) else Phase.RESYNC
+                if request.drafter is not None and not request.is_drafter_open:
+                    self._unlink_drafter(request)  # it never opened: adopt afresh once running again
+                request.lose_verifier()
 
     def _on_failed(self, worker: Worker, message: Failed) -> None:
-        if worker.busy_with == message.request_id:
-            worker.busy_with = None
         request = self.requests.get(message.request_id)
-        if message.code == "stale_epoch" or request is None:
+        if message.code in ("stale_epoch", "unknown_request") or request is None:
             self.metrics.num_stale_dropped += 1
         elif worker.role == "drafter":
             log.warning("drafter failed on %s (%s): %s; going on verifier-only", message.request_id, message.code,
                         message.message)
-            request.drafter, request.drafter_failed = None, True
-            if request.phase is Phase.DRAFTING:
-                request.phase = Phase.READY
-        else:
+            self._unlink_drafter(request, failed=True)
+            self._steer(request)
+        elif request.verifier == worker.identity:
             self._fail(request, message.code, message.message)
+        else:
+            self.metrics.num_stale_dropped += 1
+
+    def _unlink_drafter(self, request: Request, failed: bool = False) -> None:
+        drafter = self.pool.workers.get(request.drafter) if request.drafter else None
+        if drafter is not None:
+            drafter.requests.discard(request.request_id)
+            self.outbox.append((drafter.identity, Release(request.request_id), False))
+        request.unlink_drafter(failed)
 
     # ---- helpers -----------------------------------------------------------------------------------
 
-    def _send_verifier(self, verifier: Worker, request: Request, message: Message) -> None:
-        verifier.busy_with = request.request_id
-        self.outbox.append((verifier.identity, message, False))
+    def _send(self, identity: bytes | None, message: Message) -> None:
+        if identity is not None:
+            self.outbox.append((identity, message, False))
 
     def _to_client(self, client: bytes, message: Message) -> None:
         self.outbox.append((client, message, True))
 
     def metrics_snapshot(self) -> dict[str, Any]:
         workers = [{"identity": w.identity.decode(errors="replace"), "role": w.role, "device": w.device,
-                    "num_requests": len(w.requests), "busy": w.busy_with is not None}
-                   for w in self.pool.workers.values()]
+                    "num_requests": len(w.requests)} for w in self.pool.workers.values()]
         queued = sum(r.phase is Phase.QUEUED for r in self.requests.values())
         return self.metrics.snapshot(len(self.requests) - queued, queued, workers)
-
-
-def _empty_draft(request: Request) -> Draft:
-    """A tree with no nodes: the verifier commits one token (verifier-only decoding)."""
-    return Draft(request.request_id, request.epoch, request.committed[-1], Blob("int64", (0,), b""),
-                 Blob("int64", (0,), b""), Blob("float32", (0,), b""))

@@ -92,13 +92,15 @@ class Engine:
                         self.coordinator.on_worker(identity, _wire(reply))
 
     def _step_workers(self) -> bool:
-        """Let workers with background work take one step; False when none had any."""
+        """Every worker with work takes one step (the verifier a verification, the drafter a growth step),
+        as they would side by side in their processes; False when none had any."""
+        stepped = False
         for identity, handler in self.handlers.items():
             if handler.has_work():
+                stepped = True
                 for reply in handler.step():
                     self.coordinator.on_worker(identity, _wire(reply))
-                return True
-        return False
+        return stepped
 
 
 def _wire(message: Message) -> Message:

@@ -18,10 +18,11 @@ class RuntimeMetrics:
     num_stale_dropped: int = 0
     num_malformed_dropped: int = 0
     num_workers_refused: int = 0
+    num_drafts_forwarded: int = 0
     verifier_compute_s: float = 0.0
     first_request_at: float | None = None
     last_activity_at: float = 0.0
-    drafter_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    worker_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # worker id -> its last heartbeat
 
     def started(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -31,14 +32,19 @@ class RuntimeMetrics:
 
     def snapshot(self, num_active: int, num_queued: int, workers: list[dict[str, Any]]) -> dict[str, Any]:
         wall = max((self.last_activity_at - self.first_request_at) if self.first_request_at else 0.0, 1e-9)
-        hits = sum(s.get("num_reroot_hits", 0) for s in self.drafter_stats.values())
-        commits = sum(s.get("num_commits", 0) for s in self.drafter_stats.values())
+        drafters = [s for s in self.worker_stats.values() if s.get("role") == "drafter"]
+        hits = sum(s.get("num_reroot_hits", 0) for s in drafters)
+        commits = sum(s.get("num_commits", 0) for s in drafters)
+        steps = sum(s.get("num_grow_steps", 0) for s in drafters)
         return {
             **{k: v for k, v in self.spec.as_dict().items() if k != "elapsed_s"},
             "tokens_per_s": self.num_generated / wall,
             "verifier_busy_fraction": min(self.verifier_compute_s / wall, 1.0),
-            "reroot_hit_rate": hits / commits if commits else 0.0,
-            "drafter_background_steps": sum(s.get("num_background_steps", 0) for s in self.drafter_stats.values()),
+            "drafter_busy_fraction": min(sum(s.get("compute_s", 0.0) for s in drafters) / wall, 1.0),
+            "drafter_reroot_hit_rate": hits / commits if commits else 0.0,
+            "drafter_steps": steps,
+            "drafter_steps_per_verification": steps / max(self.spec.num_verifications, 1),
+            "num_drafts_forwarded": self.num_drafts_forwarded,
             "num_finished": self.num_finished,
             "num_errors": self.num_errors,
             "num_generated": self.num_generated,

@@ -1,27 +1,38 @@
-"""A request as the coordinator sees it: the authoritative committed tokens and their bookkeeping."""
+"""A request as the coordinator sees it: the authoritative committed tokens and their bookkeeping.
+
+Phases and the only legal transitions (each made by one method here):
+
+    QUEUED --assign_verifier--> PREFILLING --prefilled--> RUNNING --finish--> DONE
+      ^                             |                        |
+      +-------- lose_verifier ------+------------------------+        (any phase --finish--> DONE)
+
+QUEUED: waiting for a verifier (new, or its verifier was lost: the committed tokens are kept and the
+next verifier re-prefills them). PREFILLING: a Prefill is out. RUNNING: the verifier drives the
+request and streams `Committed` results, which `apply` appends in epoch order.
+The drafter link is separate: `drafter` (who drafts, or None), `is_drafter_open` (it has the request),
+`is_features_pending` (a Falcon drafter waits for the verifier's features before it can open).
+"""
 
 from __future__ import annotations
 
 import enum
-import time
 from dataclasses import dataclass, field
 
-from protocol.messages import Draft
+from protocol.params import SamplingParams
 from runtime.stats import SpecStats
 from runtime.stopping import StopRules, apply_stop
 from runtime.text import TextStream
-from workers.sampling import SamplingParams
 
 
 class Phase(enum.Enum):
     QUEUED = "queued"
-    RESYNC = "resync"  # a verifier must rebuild the cache from the committed tokens (verifier lost,
-    # or a drafter that reads features joined mid-request and needs them)
-    PREFILLING = "prefilling"  # Prefill sent to the verifier
-    DRAFTING = "drafting"  # waiting for a Draft of the current epoch
-    READY = "ready"  # has what it needs for the next verification
-    VERIFYING = "verifying"  # Draft (or empty tree) sent to the verifier
+    PREFILLING = "prefilling"
+    RUNNING = "running"
     DONE = "done"
+
+
+class IllegalTransition(RuntimeError):
+    pass
 
 
 @dataclass
@@ -32,17 +43,17 @@ class Request:
     params: SamplingParams
     rules: StopRules
     text: TextStream
+    started: float  # on the coordinator's clock
     deadline: float
     committed: list[int] = field(default_factory=list)
     phase: Phase = Phase.QUEUED
     verifier: bytes | None = None
     drafter: bytes | None = None
-    draft: Draft | None = None
-    stats: SpecStats = field(default_factory=SpecStats)
-    started: float = field(default_factory=time.monotonic)
-    finish_reason: str | None = None
-    wants_features_resync: bool = False  # the resync also sends features to open a new drafter
+    is_drafter_open: bool = False
+    is_features_pending: bool = False
     drafter_failed: bool = False  # a drafter could not serve it: verifier-only from then on
+    stats: SpecStats = field(default_factory=SpecStats)
+    finish_reason: str | None = None
 
     def __post_init__(self) -> None:
         self.committed = list(self.prompt_ids)
@@ -56,8 +67,49 @@ class Request:
     def generated(self) -> list[int]:
         return self.committed[len(self.prompt_ids):]
 
+    @property
+    def max_length(self) -> int:
+        return len(self.prompt_ids) + self.rules.max_new_tokens
+
+    # ---- phase transitions -------------------------------------------------------------------------
+
+    def _move(self, allowed: tuple[Phase, ...], to: Phase) -> None:
+        if self.phase not in allowed:
+            raise IllegalTransition(f"request {self.request_id}: {self.phase.value} -> {to.value}")
+        self.phase = to
+
+    def assign_verifier(self, identity: bytes) -> None:
+        self._move((Phase.QUEUED,), Phase.PREFILLING)
+        self.verifier = identity
+
+    def prefilled(self) -> None:
+        self._move((Phase.PREFILLING,), Phase.RUNNING)
+
+    def lose_verifier(self) -> None:
+        self._move((Phase.PREFILLING, Phase.RUNNING), Phase.QUEUED)
+        self.verifier = None
+        self.is_features_pending = False  # the new verifier's prefill decides afresh
+
+    def finish(self, reason: str) -> None:
+        self.phase, self.finish_reason = Phase.DONE, reason
+
+    # ---- drafter link ------------------------------------------------------------------------------
+
+    def link_drafter(self, identity: bytes, awaits_features: bool = False) -> None:
+        """A drafter is assigned; it opens with the first commit, or once the verifier's features arrive."""
+        self.drafter, self.is_drafter_open, self.is_features_pending = identity, False, awaits_features
+
+    def drafter_opened(self) -> None:
+        self.is_drafter_open, self.is_features_pending = True, False
+
+    def unlink_drafter(self, failed: bool = False) -> None:
+        self.drafter, self.is_drafter_open, self.is_features_pending = None, False, False
+        self.drafter_failed = self.drafter_failed or failed
+
+    # ---- results -----------------------------------------------------------------------------------
+
     def apply(self, token_ids: list[int]) -> tuple[list[int], str]:
-        """Append a commit under the stop rules; returns (tokens kept, text delta)."""
+        """Append a commit under the stop rules; returns (tokens kept, text delta). Sets `finish_reason`."""
         kept, reason = apply_stop(token_ids, len(self.generated), self.rules)
         self.committed += kept
         delta, hit_stop_string = self.text.push(self.generated)

@@ -10,12 +10,14 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from typing import Any
 
 import zmq
 
 from protocol.errors import ProtocolError
 from protocol.messages import Shutdown
+from protocol.trace import tracer
 from protocol.transport import Endpoint, bind
 from runtime.coordinator import Coordinator
 
@@ -41,13 +43,16 @@ class CoordinatorServer:
         poller = zmq.Poller()
         poller.register(self.front.socket, zmq.POLLIN)
         poller.register(self.back.socket, zmq.POLLIN)
+        next_tick = time.monotonic()
         while not self.stopping.is_set():
             events = dict(poller.poll(timeout=int(self.tick_interval_s * 1000)))
             if self.front.socket in events:
                 self._receive(self.front, from_client=True)
             if self.back.socket in events:
                 self._receive(self.back, from_client=False)
-            self.coordinator.tick()
+            if time.monotonic() >= next_tick:  # deadlines and heartbeats: not once per message
+                self.coordinator.tick()
+                next_tick = time.monotonic() + self.tick_interval_s
             self._flush()
 
     def _receive(self, endpoint: Endpoint, from_client: bool) -> None:
@@ -62,10 +67,11 @@ class CoordinatorServer:
             identity, message = received
             if identity is None:  # cannot happen on a ROUTER socket; nothing to answer to
                 continue
-            if from_client:
-                self.coordinator.on_client(identity, message)
-            else:
-                self.coordinator.on_worker(identity, message)
+            with tracer.span(f"on {message.TYPE}"):
+                if from_client:
+                    self.coordinator.on_client(identity, message)
+                else:
+                    self.coordinator.on_worker(identity, message)
 
     def _flush(self) -> None:
         outbox, self.coordinator.outbox = self.coordinator.outbox, []

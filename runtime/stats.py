@@ -15,12 +15,16 @@ class SpecStats:
     num_committed: int = 0  # tokens committed by verifications (prefill's first token excluded)
     accepted_per_depth: list[int] = field(default_factory=list)
     reached_per_depth: list[int] = field(default_factory=list)
-    num_reroot_hits: int = 0
+    num_reroot_hits: int = 0  # verifications that started from a tree re-rooted along the previous commit
+    num_draft_tokens: int = 0  # draft nodes verified
     elapsed_s: float = 0.0
 
-    def record(self, num_accepted: int, tree_depth: int, num_committed: int) -> None:
+    def record(self, num_accepted: int, tree_depth: int, num_committed: int, num_nodes: int = 0,
+               is_reroot_hit: bool = False) -> None:
         self.num_verifications += 1
         self.num_committed += num_committed
+        self.num_draft_tokens += num_nodes
+        self.num_reroot_hits += int(is_reroot_hit)
         _bump(self.accepted_per_depth, num_accepted)
         _bump(self.reached_per_depth, tree_depth)
 
@@ -29,18 +33,26 @@ class SpecStats:
         return self.num_committed / self.num_verifications if self.num_verifications else 0.0
 
     @property
+    def accepted_padded(self) -> list[int]:
+        """Accepted counts for every depth any verification reached (zeros where none was accepted)."""
+        width = max(len(self.reached_per_depth), len(self.accepted_per_depth))
+        return self.accepted_per_depth + [0] * (width - len(self.accepted_per_depth))
+
+    @property
     def acceptance_per_depth(self) -> list[float]:
-        return [a / r if r else 0.0 for a, r in zip(self.accepted_per_depth, self.reached_per_depth, strict=False)]
+        return [a / r if r else 0.0 for a, r in zip(self.accepted_padded, self.reached_per_depth, strict=False)]
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "tau": self.tau,
             "num_verifications": self.num_verifications,
             "num_committed": self.num_committed,
-            "accepted_per_depth": list(self.accepted_per_depth),
+            "accepted_per_depth": self.accepted_padded,
             "reached_per_depth": list(self.reached_per_depth),
             "acceptance_per_depth": self.acceptance_per_depth,
             "num_reroot_hits": self.num_reroot_hits,
+            "reroot_hit_rate": self.num_reroot_hits / self.num_verifications if self.num_verifications else 0.0,
+            "num_draft_tokens": self.num_draft_tokens,
             "elapsed_s": self.elapsed_s,
         }
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from protocol.trace import configure_from_env
 from runtime import builders
 from runtime.config import TandemConfig
 from runtime.coordinator import Coordinator
@@ -21,6 +22,7 @@ def main() -> int:
     args = parser.parse_args()
     config = TandemConfig.load(args.config)
     setup_logging("coordinator", config.coordinator.log_level)
+    configure_from_env("coordinator")
     model = config.verifier.model
     coordinator = Coordinator(config, builders.load_tokenizer(model), builders.read_reference(model),
                               builders.read_eos_ids(model))

@@ -13,6 +13,7 @@ import signal
 import sys
 from typing import Any
 
+from protocol.trace import configure_from_env
 from runtime import builders
 from runtime.config import TandemConfig
 from runtime.logs import setup_logging
@@ -30,6 +31,7 @@ def main() -> int:
     config = TandemConfig.load(args.config)
     worker_id = args.id or f"{args.role}-{os.getpid()}"
     setup_logging(worker_id, config.coordinator.log_level)
+    configure_from_env(worker_id)
     build = builders.build_verifier_worker if args.role == "verifier" else builders.build_drafter_worker
     handler = build(config, worker_id)
     process = WorkerProcess(handler, config.coordinator.worker_address, config.coordinator.heartbeat_interval_s,

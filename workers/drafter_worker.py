@@ -1,14 +1,15 @@
 """The drafter's message handler: one living tree per request, grown between messages.
 
-On `Open` / `Commit` a request wants a snapshot for its new epoch; `step()` answers those first and,
-in async mode, spends idle time growing living trees so the next snapshot is ready at a re-root.
-`handle(message)` and `step()` have no socket code.
+Async mode streams: after every growth step the request's whole living tree goes out as a `Draft`
+tagged with the epoch it was built on; the verifier keeps the newest and re-roots it along whatever
+it committed since, so nobody waits for anybody. Sync mode drafts once per `Open` / `Commit` and
+sends one snapshot for that epoch. `handle(message)` and `step()` have no socket code.
 """
 
 from __future__ import annotations
 
-import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,9 @@ import torch
 
 from protocol.errors import ProtocolError, RequestError
 from protocol.messages import PROTOCOL_VERSION, Commit, Draft, Failed, Hello, Message, Open, Release
+from protocol.trace import tracer
 from workers.drafters.base import Drafter, DraftSession
+from workers.tree import DraftTree
 from workers.verifier_worker import fingerprint
 from workers.wire import from_blob, tree_blobs
 
@@ -25,8 +28,9 @@ from workers.wire import from_blob, tree_blobs
 class _Request:
     session: DraftSession
     epoch: int
-    wants_snapshot: bool = True
-    can_grow: bool = True
+    owes_draft: bool = True  # sync: a draft for this epoch is due
+    can_grow: bool = True  # async: the living tree is not full yet
+    last_grown: int = 0  # step count when it last grew (round-robin among equals)
 
 
 class DrafterWorker:
@@ -38,14 +42,15 @@ class DrafterWorker:
         self.info = fingerprint(vocab_size, hidden_size, tokenizer_hash, model_name)
         self.requests: dict[str, _Request] = {}
         self._turn = 0
-        self.counters = {"num_snapshots": 0, "num_background_steps": 0, "num_commits": 0, "num_reroot_hits": 0}
+        self.compute_s = 0.0
+        self.counters = {"num_drafts_sent": 0, "num_grow_steps": 0, "num_commits": 0, "num_reroot_hits": 0}
 
     def hello(self) -> Hello:
         return Hello(self.worker_id, self.role, PROTOCOL_VERSION, self.device, self.info,
                      needs_features=self.drafter.needs_features, pid=os.getpid())
 
     def stats(self) -> dict[str, Any]:
-        return {"num_requests": len(self.requests), **self.counters}
+        return {"num_requests": len(self.requests), "compute_s": self.compute_s, **self.counters}
 
     def handle(self, message: Message) -> list[Message]:
         request_id = getattr(message, "request_id", "")
@@ -68,6 +73,9 @@ class DrafterWorker:
         return from_blob(blob) if blob is not None and self.drafter.needs_features else None
 
     def _open(self, message: Open) -> None:
+        old = self.requests.pop(message.request_id, None)
+        if old is not None:
+            old.session.release()
         session = self.drafter.open(message.committed_ids, self.tree, self._features(message.features))
         self.requests[message.request_id] = _Request(session, message.epoch)
 
@@ -78,44 +86,53 @@ class DrafterWorker:
         if message.epoch != len(request.session.committed_ids) + len(message.token_ids):
             return [Failed(message.request_id, "stale_epoch", f"commit to epoch {message.epoch} does not follow "
                            f"{len(request.session.committed_ids)} + {len(message.token_ids)} tokens")]
-        is_hit = request.session.commit(message.token_ids, self._features(message.features))
+        start = time.perf_counter()
+        with tracer.span("drafter_commit", request=message.request_id):
+            is_hit = request.session.commit(message.token_ids, self._features(message.features))
+        self.compute_s += time.perf_counter() - start
         self.counters["num_commits"] += 1
         self.counters["num_reroot_hits"] += int(is_hit)
-        request.epoch, request.wants_snapshot, request.can_grow = message.epoch, True, True
+        request.epoch, request.owes_draft, request.can_grow = message.epoch, True, True
         return []
 
     def has_work(self) -> bool:
-        return any(r.wants_snapshot or (self.mode == "async" and r.can_grow) for r in self.requests.values())
+        if self.mode == "sync":
+            return any(r.owes_draft for r in self.requests.values())
+        return any(r.can_grow for r in self.requests.values())
 
     def step(self) -> list[Message]:
-        """Answer every pending snapshot request; otherwise grow one living tree by one step (async)."""
-        wanting = [(rid, r) for rid, r in self.requests.items() if r.wants_snapshot]
-        if wanting:
-            return [self._snapshot(rid, r) for rid, r in wanting]
-        if self.mode == "async":
-            self._grow_one()
-        return []
+        """Sync: answer every draft that is due. Async: grow one living tree one step and send it."""
+        start = time.perf_counter()
+        try:
+            if self.mode == "sync":
+                due = [(rid, r) for rid, r in self.requests.items() if r.owes_draft]
+                return [self._sync_draft(rid, r) for rid, r in due]
+            return self._grow_one()
+        finally:
+            self.compute_s += time.perf_counter() - start
 
-    def _snapshot(self, request_id: str, request: _Request) -> Draft:
-        session = request.session
-        if self.mode == "sync":
-            tree = session.draft()
-        else:  # async: a re-rooted subtree goes out at once; after a miss, grow as sync would
-            budget = math.ceil(self.tree.depth / session.tokens_per_step) if session.tree.num_nodes == 0 else 0
-            while request.can_grow and budget > 0 and session.tree.max_depth < self.tree.depth:
-                request.can_grow = session.grow()
-                budget -= 1
-            tree = session.snapshot()
-        request.wants_snapshot = False
-        self.counters["num_snapshots"] += 1
-        token_ids, parents, probs = tree_blobs(tree)
-        return Draft(request_id, request.epoch, session.root_token, token_ids, parents, probs)
+    def _sync_draft(self, request_id: str, request: _Request) -> Draft:
+        with tracer.span("draft_step", request=request_id, mode="sync"):
+            tree = request.session.draft()
+        request.owes_draft = False
+        return self._draft(request_id, request, tree)
 
-    def _grow_one(self) -> None:
-        growable = [r for r in self.requests.values() if r.can_grow]
+    def _grow_one(self) -> list[Message]:
+        """Grow the request whose tree is smallest (a fresh miss needs nodes most), round-robin on ties."""
+        growable = [(rid, r) for rid, r in self.requests.items() if r.can_grow]
         if not growable:
-            return
-        request = growable[self._turn % len(growable)]
+            return []
         self._turn += 1
-        request.can_grow = request.session.grow()
-        self.counters["num_background_steps"] += int(request.can_grow)
+        request_id, request = min(growable, key=lambda item: (item[1].session.tree.num_nodes, item[1].last_grown))
+        request.last_grown = self._turn
+        with tracer.span("draft_step", request=request_id, nodes=request.session.tree.num_nodes):
+            request.can_grow = request.session.grow()
+        if not request.can_grow:
+            return []
+        self.counters["num_grow_steps"] += 1
+        return [self._draft(request_id, request, request.session.tree)]
+
+    def _draft(self, request_id: str, request: _Request, tree: DraftTree) -> Draft:
+        self.counters["num_drafts_sent"] += 1
+        token_ids, parents, probs = tree_blobs(tree)
+        return Draft(request_id, request.epoch, request.session.root_token, token_ids, parents, probs)

@@ -18,6 +18,7 @@ import zmq
 from protocol.codec import encode
 from protocol.errors import ProtocolError
 from protocol.messages import Heartbeat, Hello, Message, Refused, Shutdown, Welcome
+from protocol.trace import now_us, tracer
 from protocol.transport import DEFAULT_MAX_MESSAGE_BYTES, Endpoint, connect
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,17 @@ class WorkerProcess:
 
     def _main_loop(self, outbox: zmq.Socket[Any]) -> int:
         while True:
+            has_work = self.handler.has_work()
+            waited_from = now_us()
             try:
-                message = self.inbox.get(timeout=0 if self.handler.has_work() else 0.05)
+                message = self.inbox.get(timeout=0 if has_work else 0.05)
             except queue.Empty:
-                replies = self.handler.step() if self.handler.has_work() else []
+                replies = self.handler.step() if has_work else []
+                if not has_work:
+                    tracer.complete("wait", waited_from, now_us() - waited_from)
             else:
+                if not has_work:
+                    tracer.complete("wait", waited_from, now_us() - waited_from)
                 if isinstance(message, Shutdown):
                     log.info("shutdown requested: %s", message.reason)
                     return 0
@@ -75,9 +82,11 @@ class WorkerProcess:
                 if isinstance(message, Welcome):
                     log.info("handshake done (mode %s)", message.mode)
                     continue
-                replies = self.handler.handle(message)
+                with tracer.span(f"handle {message.TYPE}"):
+                    replies = self.handler.handle(message)
             for reply in replies:
-                outbox.send_multipart(encode(reply), copy=False)
+                with tracer.span(f"send {reply.TYPE}"):
+                    outbox.send_multipart(encode(reply), copy=False)
 
     def _io_loop(self) -> None:
         identity = self.handler.worker_id.encode()

@@ -9,46 +9,16 @@ target had sampled alone with the same seed.
 from __future__ import annotations
 
 import math
-import secrets
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from protocol.errors import RequestError
+from protocol.params import SamplingParams
+
+__all__ = ["SamplingParams", "choose_tokens", "position_uniforms", "sample_from", "target_probs"]
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How the target picks tokens. temperature 0 = greedy; top_k 0 and top_p 1 = no truncation."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) \
-                or self.temperature < 0:
-            raise RequestError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            raise RequestError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
-            raise RequestError(f"top_k must be an integer >= 0, got {self.top_k!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
-            raise RequestError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
-
-    @property
-    def is_greedy(self) -> bool:
-        return self.temperature == 0
-
-    def with_seed(self) -> SamplingParams:
-        """These parameters with a fresh random seed when none was given."""
-        if self.seed is not None or self.is_greedy:
-            return self
-        return SamplingParams(self.temperature, self.top_p, self.top_k, secrets.randbits(63))
 
 
 def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

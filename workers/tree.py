@@ -7,7 +7,7 @@ operation here is a handful of tensor ops, never a walk over nodes in Python.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,6 +26,9 @@ class DraftTree:
     parents: torch.Tensor
     probs: torch.Tensor
     depths: torch.Tensor
+    # derived data, computed once per tree (or handed down by the operation that made it)
+    _ancestors: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    _path_probs: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @staticmethod
     def empty() -> DraftTree:
@@ -70,7 +73,13 @@ class DraftTree:
         )
 
     def ancestors(self) -> torch.Tensor:
-        """[N, N] bool: entry (i, j) is True when node j is node i or one of its ancestors."""
+        """[N, N] bool: entry (i, j) is True when node j is node i or one of its ancestors (cached)."""
+        if self._ancestors is None:
+            object.__setattr__(self, "_ancestors", self._build_ancestors())
+        assert self._ancestors is not None
+        return self._ancestors
+
+    def _build_ancestors(self) -> torch.Tensor:
         n = self.num_nodes
         matrix = torch.zeros(n, n, dtype=torch.bool)
         rows = torch.arange(n)
@@ -82,11 +91,21 @@ class DraftTree:
         return matrix
 
     def path_probs(self) -> torch.Tensor:
-        """[N] product of drafter probabilities from the root down to each node."""
-        if not self.num_nodes:
-            return torch.zeros(0)
-        log_probs = self.probs.clamp(min=1e-30).log()
-        return torch.exp(self.ancestors().to(log_probs.dtype) @ log_probs)
+        """[N] product of drafter probabilities from the root down to each node (cached)."""
+        if self._path_probs is None:
+            if not self.num_nodes:
+                value = torch.zeros(0)
+            else:
+                log_probs = self.probs.clamp(min=1e-30).log()
+                value = torch.exp(self.ancestors().to(log_probs.dtype) @ log_probs)
+            object.__setattr__(self, "_path_probs", value)
+        assert self._path_probs is not None
+        return self._path_probs
+
+    def _derived(self, index: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """Cached data of the nodes `index` (an ancestor-closed set), for the tree made of them."""
+        return {"_ancestors": None if self._ancestors is None else self._ancestors[index][:, index],
+                "_path_probs": None if self._path_probs is None else self._path_probs[index]}
 
     def select(self, keep: torch.Tensor) -> DraftTree:
         """Sub-tree made of the ancestor-closed node set `keep` (any order); indices are renumbered."""
@@ -97,7 +116,31 @@ class DraftTree:
         parents = torch.where(old_parents == ROOT, ROOT, new_index[old_parents.clamp(min=0)])
         if bool(((old_parents != ROOT) & (parents == ROOT)).any()):
             raise ValueError("selection is not ancestor-closed")
-        return DraftTree(self.token_ids[keep], parents, self.probs[keep], self.depths[keep])
+        return DraftTree(self.token_ids[keep], parents, self.probs[keep], self.depths[keep], **self._derived(keep))
+
+    def reorder(self, order: torch.Tensor) -> DraftTree:
+        """The same tree with its nodes in `order`, which must put every parent before its children.
+
+        The verifier sorts nodes by acceptance estimate so that any prefix is a tree (`prefix`).
+        """
+        order = order.to(torch.long)
+        new_index = torch.empty(self.num_nodes, dtype=torch.long)
+        new_index[order] = torch.arange(order.numel())
+        old_parents = self.parents[order]
+        parents = torch.where(old_parents == ROOT, ROOT, new_index[old_parents.clamp(min=0)])
+        if bool((parents >= torch.arange(order.numel())).any()):
+            raise ValueError("order puts a child before its parent")
+        return DraftTree(self.token_ids[order], parents, self.probs[order], self.depths[order],
+                         **self._derived(order))
+
+    def prefix(self, num_nodes: int) -> DraftTree:
+        """The first `num_nodes` nodes (a tree, since parents come first); derived data is sliced, not rebuilt."""
+        if num_nodes >= self.num_nodes:
+            return self
+        n = max(num_nodes, 0)
+        return DraftTree(self.token_ids[:n], self.parents[:n], self.probs[:n], self.depths[:n],
+                         None if self._ancestors is None else self._ancestors[:n, :n],
+                         None if self._path_probs is None else self._path_probs[:n])
 
     def best_nodes(self, total_tokens: int, max_depth: int | None = None) -> torch.Tensor:
         """Indices of the `total_tokens` nodes of highest path probability (ancestor-closed, sorted).
@@ -126,7 +169,20 @@ class DraftTree:
         new_index = torch.full((self.num_nodes,), ROOT, dtype=torch.long)
         new_index[keep] = torch.arange(keep.numel())
         parents = new_index[self.parents[keep]]  # children of `node` map to ROOT
-        return DraftTree(self.token_ids[keep], parents, self.probs[keep], self.depths[keep] - self.depths[node])
+        path_probs = None
+        if self._path_probs is not None:  # below `node`, path probabilities are relative to it
+            path_probs = self._path_probs[keep] / self._path_probs[node].clamp(min=1e-30)
+        return DraftTree(self.token_ids[keep], parents, self.probs[keep], self.depths[keep] - self.depths[node],
+                         self.ancestors()[keep][:, keep], path_probs)
+
+    def reroot(self, token_ids: Sequence[int]) -> DraftTree | None:
+        """The tree below the node reached by following `token_ids` from the root (None when the tree
+        does not spell them all). A tree built on an older committed prefix becomes one for the
+        current prefix this way: follow the tokens committed since it was built."""
+        if not token_ids:
+            return self
+        path = self.follow(token_ids)
+        return self.subtree(path[-1]) if len(path) == len(token_ids) else None
 
     def follow(self, token_ids: Sequence[int]) -> list[int]:
         """Node indices along the path spelled by `token_ids`, as far as the tree goes."""

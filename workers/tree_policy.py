@@ -7,72 +7,12 @@ ranks (Falcon's custom-designed decoding tree), e.g. ((0,), (1,), (0, 0)).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
+from protocol.params import TreeConfig
 from workers.tree import ROOT, DraftTree
 
-
-@dataclass(frozen=True)
-class TreeConfig:
-    """Budgets of a draft tree; YAML `speculation.tree` keys equal these field names."""
-
-    total_tokens: int = 32  # nodes per snapshot sent for verification
-    depth: int = 6  # deepest node of a snapshot
-    top_k: int = 8  # children per expanded node, and nodes expanded per drafter step
-    static_paths: tuple[tuple[int, ...], ...] | None = None  # child-rank paths; None = dynamic tree
-    max_living_nodes: int = 0  # cap of the living tree in async mode; 0 = 4 * total_tokens
-    max_living_depth: int = 0  # the living tree grows this deep (0 = 2 * depth), so a re-rooted
-    # subtree is still `depth` deep; snapshots never go below `depth`
-    spec_codes: frozenset[int] = field(init=False, repr=False, compare=False, default=frozenset())
-
-    def __post_init__(self) -> None:
-        for key in ("total_tokens", "depth", "top_k"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"tree.{key} must be a positive integer, got {value!r}")
-        for key in ("max_living_nodes", "max_living_depth"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"tree.{key} must be >= 0, got {getattr(self, key)!r}")
-        if self.static_paths is not None:
-            paths = tuple(tuple(int(r) for r in p) for p in self.static_paths)
-            _check_static_paths(paths)
-            object.__setattr__(self, "static_paths", paths)
-            object.__setattr__(self, "total_tokens", len(paths))
-            object.__setattr__(self, "depth", max(len(p) for p in paths))
-            object.__setattr__(self, "top_k", max(max(p) for p in paths) + 1)
-            object.__setattr__(self, "spec_codes", frozenset(_path_code(p, self.top_k) for p in paths))
-
-    @property
-    def living_cap(self) -> int:
-        return self.max_living_nodes or 4 * self.total_tokens
-
-    @property
-    def living_depth(self) -> int:
-        return max(self.max_living_depth or 2 * self.depth, self.depth)
-
-    @property
-    def is_static(self) -> bool:
-        return self.static_paths is not None
-
-
-def _check_static_paths(paths: tuple[tuple[int, ...], ...]) -> None:
-    if not paths:
-        raise ValueError("tree.static_paths must list at least one path")
-    known = set(paths)
-    for path in paths:
-        if not path or min(path) < 0:
-            raise ValueError(f"tree.static_paths entry {list(path)} must be a non-empty list of ranks >= 0")
-        if len(path) > 1 and path[:-1] not in known:
-            raise ValueError(f"tree.static_paths entry {list(path)} has no parent path {list(path[:-1])}")
-
-
-def _path_code(ranks: tuple[int, ...], top_k: int) -> int:
-    code = 0
-    for rank in ranks:
-        code = code * (top_k + 1) + rank + 1
-    return code
+__all__ = ["TreeConfig", "children_to_add", "pick_expansions", "rank_path_codes", "sibling_ranks"]
 
 
 def sibling_ranks(tree: DraftTree) -> torch.Tensor:

@@ -1,44 +1,63 @@
-"""The verifier's message handler: prefill, verify drafts, keep one target cache per request.
+"""The verifier's message handler: it drives every request it holds, one verification after another.
 
-`handle(message)` has no socket code: the same object runs in a worker process and in-process.
+`handle(message)` takes prefills, the drafter's trees (forwarded by the coordinator), steering and
+releases; `step()` runs one verification of the next runnable request: choose the nodes that pay
+(workers/cost_model.py), one tree forward, acceptance, KV compaction, re-root the held tree, and a
+`Committed` for the coordinator. No socket code: the same object runs in a process and in-process.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from protocol.errors import ProtocolError, RequestError
-from protocol.messages import PROTOCOL_VERSION, Committed, Draft, Failed, Hello, Message, Prefill, Release
-from workers.sampling import SamplingParams, choose_tokens
+from protocol.messages import (
+    PROTOCOL_VERSION,
+    Committed,
+    Draft,
+    Failed,
+    Hello,
+    Message,
+    Prefill,
+    Release,
+    Steer,
+)
+from protocol.params import SamplingParams
+from protocol.trace import tracer
+from workers.cost_model import VerifyCost, best_first_order, choose_num_nodes, make_acceptance
+from workers.sampling import choose_tokens
 from workers.target import TargetVerifier, VerifierState
+from workers.tree import DraftTree
 from workers.verification import committed_features, verify_and_accept
-from workers.wire import to_blob, tree_from_blobs
+from workers.verifier_request import VerifierRequest
+from workers.wire import to_blob
 
-
-@dataclass
-class _Request:
-    state: VerifierState
-    params: SamplingParams
-    max_tree_nodes: int
+log = logging.getLogger(__name__)
+EXPLORE_EVERY = 32  # after this many verifications without a node, verify the best one anyway
 
 
 class VerifierWorker:
     role = "verifier"
 
-    def __init__(self, target: TargetVerifier, worker_id: str, tokenizer_hash: str = "", model_name: str = "") -> None:
+    def __init__(self, target: TargetVerifier, worker_id: str, tokenizer_hash: str = "", model_name: str = "",
+                 acceptance: str = "calibrated", max_tree_nodes: int = 64) -> None:
         self.target = target
         self.worker_id = worker_id
         self.tokenizer_hash = tokenizer_hash
         self.model_name = model_name
-        self.requests: dict[str, _Request] = {}
+        self.requests: dict[str, VerifierRequest] = {}
+        self.cost = VerifyCost(max_tree_nodes)
+        self.acceptance = {True: make_acceptance(acceptance), False: make_acceptance(acceptance)}  # by greedy
         self.compute_s = 0.0
-        self.num_verifications = 0
+        self.counters = {"num_verifications": 0, "num_drafts": 0, "num_drafts_dropped": 0, "num_nodes_verified": 0,
+                         "num_drafts_malformed": 0}
+        self._order: list[str] = []  # round-robin order of request ids
 
     def hello(self) -> Hello:
         return Hello(self.worker_id, self.role, PROTOCOL_VERSION, str(self.target.device),
@@ -46,14 +65,35 @@ class VerifierWorker:
                      pid=os.getpid())
 
     def stats(self) -> dict[str, Any]:
-        return {"num_requests": len(self.requests), "compute_s": self.compute_s,
-                "num_verifications": self.num_verifications}
+        return {"num_requests": len(self.requests), "compute_s": self.compute_s, **self.counters}
 
-    def has_work(self) -> bool:
-        return False  # the verifier only reacts to messages
+    # ---- start-up ------------------------------------------------------------------------------------
 
-    def step(self) -> list[Message]:
-        return []
+    def calibrate(self, context: int = 128, sizes: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32, 64),
+                  repeats: int = 3) -> dict[int, float]:
+        """Measure t(n) on chain trees after a random prefix of `context` tokens (best of `repeats`)."""
+        generator = torch.Generator().manual_seed(0)
+        context = max(2, min(context, self.target.max_positions // 2))
+        prompt = torch.randint(0, self.target.vocab_size, (context,), generator=generator).tolist()
+        state = VerifierState()
+        self.target.prefill(state, prompt[:-1])
+        measured: dict[int, float] = {}
+        for n in (s for s in sizes if s <= self.cost.max_nodes):
+            tree = DraftTree.from_lists(prompt[:n] if n <= context else [0] * n, list(range(-1, n - 1)), [0.5] * n)
+            best = float("inf")
+            for _ in range(repeats + 1):  # the first run warms up
+                start = time.perf_counter()
+                self.target.verify(state, prompt[-1], tree)
+                self.target.accept(state, torch.zeros(0, dtype=torch.long))
+                best = min(best, time.perf_counter() - start)
+                self.target.rollback(state, context - 1)
+            measured[n] = best
+            self.cost.observe(n, context, best)
+        log.info("verify cost at context %d: %s", context,
+                 ", ".join(f"t({n})={s * 1e3:.1f} ms" for n, s in measured.items()))
+        return measured
+
+    # ---- messages ------------------------------------------------------------------------------------
 
     def handle(self, message: Message) -> list[Message]:
         request_id = getattr(message, "request_id", "")
@@ -61,7 +101,10 @@ class VerifierWorker:
             if isinstance(message, Prefill):
                 return [self._prefill(message)]
             if isinstance(message, Draft):
-                return [self._verify(message)]
+                self._offer(message)
+                return []
+            if isinstance(message, Steer):
+                return self._steer(message)
             if isinstance(message, Release):
                 self.requests.pop(message.request_id, None)
                 return []
@@ -72,38 +115,114 @@ class VerifierWorker:
     def _prefill(self, message: Prefill) -> Committed:
         start = time.perf_counter()
         params = SamplingParams(**message.sampling)
-        request = _Request(VerifierState(), params, message.max_tree_nodes)
-        logits, features = self.target.prefill(request.state, message.token_ids)
+        if not message.token_ids:
+            raise RequestError("prefill needs at least one token")
+        cached = message.token_ids if message.sample_next else message.token_ids[:-1]
+        state = VerifierState()
+        logits, features = self.target.prefill(state, cached) if cached else (None, None)
+        request = VerifierRequest(state, params, list(message.token_ids), min(message.max_tree_nodes,
+                                  self.cost.max_nodes), message.mode, message.want_features,
+                                  message.max_length, frozenset(message.stop_token_ids))
+        request.is_fresh = not message.sample_next  # a resync: no draft is owed, so sync mode steps once alone
         self.requests[message.request_id] = request
+        if message.request_id not in self._order:
+            self._order.append(message.request_id)
         tokens: list[int] = []
         if message.sample_next:
+            assert logits is not None
             position = torch.tensor([len(message.token_ids)])
             tokens = [int(choose_tokens(logits[None], params, position)[0])]
-        return self._committed(message.request_id, message.epoch, tokens, 0,
-                               features if message.want_features else None, start)
+            request.commit(tokens)
+        send = features if message.want_features and features is not None else None
+        return self._committed(message.request_id, message.epoch, tokens, 0, 0, send, start)
 
-    def _verify(self, message: Draft) -> Committed | Failed:
+    def _offer(self, message: Draft) -> None:
+        request = self.requests.get(message.request_id)
+        if request is None:  # released, or never prefilled here: nothing to apply it to
+            self.counters["num_drafts_dropped"] += 1
+            return
+        self.counters["num_drafts"] += 1
+        if request.mode != "off":
+            request.receive(message)
+
+    def _steer(self, message: Steer) -> list[Message]:
         request = self.requests.get(message.request_id)
         if request is None:
-            return Failed(message.request_id, "unknown_request", f"no prefill for request {message.request_id!r}")
-        if message.epoch != request.state.length + 1:
-            return Failed(message.request_id, "stale_epoch",
-                          f"draft for epoch {message.epoch}, cache is at {request.state.length + 1}")
+            return [Failed(message.request_id, "unknown_request", f"no prefill for request {message.request_id!r}")]
+        request.steer(message.mode, message.want_features)
+        if not message.send_features:
+            return []
         start = time.perf_counter()
-        tree = tree_from_blobs(message.token_ids, message.parents, message.probs)
-        path, bonus, hidden = verify_and_accept(self.target, request.state, message.epoch, message.root, tree,
-                                                request.params, request.max_tree_nodes)
-        tokens = [*tree.token_ids[path].tolist(), bonus]
-        self.num_verifications += 1
-        features = committed_features(hidden, path) if message.want_features else None
-        return self._committed(message.request_id, message.epoch, tokens, tree.max_depth, features, start)
+        _, features = self.target.prefill(VerifierState(), request.committed[:-1])  # a throwaway cache
+        return [self._committed(message.request_id, request.epoch, [], 0, 0, features, start)]
 
-    def _committed(self, request_id: str, epoch: int, tokens: list[int], depth: int,
-                   features: torch.Tensor | None, start: float) -> Committed:
+    # ---- verification --------------------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        return any(r.is_runnable for r in self.requests.values())
+
+    def step(self) -> list[Message]:
+        """One verification of the runnable request that waited longest."""
+        self._order = [r for r in self._order if r in self.requests]
+        request_id = next((r for r in self._order if self.requests[r].is_runnable), None)
+        if request_id is None:
+            return []
+        self._order.remove(request_id)
+        self._order.append(request_id)
+        request = self.requests[request_id]
+        try:
+            return [self._verify(request_id, request)]
+        except (RequestError, ProtocolError, ValueError) as err:  # e.g. the model's context is full
+            request.is_stopped = True
+            return [Failed(request_id, "bad_request", str(err))]
+
+    def _verify(self, request_id: str, request: VerifierRequest) -> Committed:
+        start = time.perf_counter()
+        epoch, context = request.epoch, request.state.length
+        tree = self._choose(request)
+        with tracer.span("verify", request=request_id, nodes=tree.num_nodes, context=context):
+            path, bonus, hidden = verify_and_accept(self.target, request.state, epoch, request.committed[-1], tree,
+                                                    request.params)
+        tokens = [*tree.token_ids[path].tolist(), bonus]
+        accepted = torch.zeros(tree.num_nodes, dtype=torch.bool)
+        accepted[path] = True
+        self.acceptance[request.params.is_greedy].update(tree, accepted)
+        is_hit = request.commit(tokens)
+        features = committed_features(hidden, path) if request.want_features else None
+        self.counters["num_verifications"] += 1
+        self.counters["num_nodes_verified"] += tree.num_nodes
+        reply = self._committed(request_id, epoch, tokens, tree.max_depth, tree.num_nodes, features, start, is_hit)
+        self.cost.observe(tree.num_nodes, context, reply.compute_s)
+        return reply
+
+    def _choose(self, request: VerifierRequest) -> DraftTree:
+        """The prefix of the held tree (best nodes first) that maximises expected tokens per second."""
+        problem = request.take_pending()
+        if problem is not None:
+            self.counters["num_drafts_malformed"] += 1
+            log.warning("dropped a malformed draft: %s", problem)
+        held = request.tree
+        if request.mode == "off" or held.num_nodes == 0 or request.max_tree_nodes == 0:
+            return DraftTree.empty()
+        estimates = self.acceptance[request.params.is_greedy].estimate(held)
+        ordered = held.reorder(best_first_order(estimates))
+        limit = min(request.max_tree_nodes, ordered.num_nodes)
+        if not self.cost.is_known:  # nothing measured yet: verify what the budget allows
+            return ordered.prefix(limit)
+        sorted_estimates = estimates[best_first_order(estimates)][:limit]
+        num = choose_num_nodes(sorted_estimates, self.cost.table(request.state.length)[: limit + 1])
+        if num == 0:
+            request.num_empty_choices += 1
+            if request.num_empty_choices % EXPLORE_EVERY == 0:
+                num = 1  # keep the estimates honest: a drafter that got better must be able to show it
+        return ordered.prefix(num)
+
+    def _committed(self, request_id: str, epoch: int, tokens: list[int], depth: int, num_nodes: int,
+                   features: torch.Tensor | None, start: float, is_hit: bool = False) -> Committed:
         elapsed = time.perf_counter() - start
         self.compute_s += elapsed
         blob = to_blob(features.float()) if features is not None else None
-        return Committed(request_id, epoch, tokens, depth, blob, elapsed)
+        return Committed(request_id, epoch, tokens, depth, blob, elapsed, num_nodes, is_hit)
 
 
 def fingerprint(vocab_size: int, hidden_size: int, tokenizer_hash: str, model_name: str) -> dict[str, Any]:

@@ -63,10 +63,16 @@ def test_concurrent_greedy_equals_generate(deployment: Deployment, reference: li
         metrics = client.metrics()
     drafter = deployment.config.drafter
     if deployment.config.speculation.mode == "async":
-        assert metrics["drafter_background_steps"] > 0  # the drafter grew trees while the verifier worked
+        assert metrics["drafter_steps"] > 0 and metrics["num_drafts_forwarded"] > 0  # trees streamed to the verifier
     if deployment.config.uses_drafter and drafter is not None and drafter.kind == "model":
-        assert metrics["tau"] > 1.5  # the draft model is the target itself: it must be accepted
-        assert deployment.config.speculation.mode == "sync" or metrics["reroot_hit_rate"] > 0
+        # the draft model is the target itself: what it drafts is accepted. In sync mode the verifier
+        # waits for full-depth drafts; in async mode it never waits, and a drafter as slow as the
+        # target rarely gets ahead of it, so only some nodes arrive in time (a cheap drafter would)
+        if deployment.config.speculation.mode == "sync":
+            assert metrics["tau"] > 1.5
+        else:
+            assert metrics["num_draft_tokens"] > 0 and metrics["accepted_per_depth"][0] > 0
+            assert metrics["reroot_hit_rate"] > 0
 
 
 def test_seeded_sampling_is_reproducible(deployment: Deployment) -> None:

@@ -41,7 +41,7 @@ def test_killing_the_drafter_mid_request_keeps_the_output(models: dict[str, Path
             deployment.wait_ready(120)
             again = client.generate(PROMPT, max_new_tokens=200)
             assert again.token_ids == want
-            assert again.stats["tau"] > 1.5
+            assert again.stats["num_draft_tokens"] > 0 and again.stats["accepted_per_depth"][0] > 0
 
 
 def test_mismatched_drafter_is_refused_naming_both_sides(models: dict[str, Path], tmp_path: Path) -> None:

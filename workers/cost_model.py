@@ -1,0 +1,206 @@
+"""How much to speculate: the verifier's measured cost t(n) of verifying n nodes, acceptance estimates
+per node, and the choice of the node set that maximises expected committed tokens per second.
+
+With a(i) the chance that node i is accepted (its whole path matches the target), one verification
+of the n best nodes commits 1 + Σ a(i) tokens on average in t(n) seconds. Estimates never grow down a
+path, so the n best nodes by estimate are ancestor-closed and the best set of each size is a prefix
+of one order: `choose_num_nodes` only picks the length, and n = 0 (verifier only) is a candidate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from workers.tree import DraftTree
+
+
+def choose_num_nodes(estimates: Sequence[float] | torch.Tensor, costs_s: Sequence[float]) -> int:
+    """argmax over n of (1 + sum of the n first estimates) / costs_s[n]; estimates sorted descending.
+
+    costs_s[n] is t(n) for n = 0 .. len(costs_s) - 1; nodes beyond that are never chosen.
+    """
+    values = [float(e) for e in estimates][: len(costs_s) - 1]
+    best_n, best_rate, expected = 0, 1.0 / costs_s[0], 1.0
+    for n, estimate in enumerate(values, start=1):
+        expected += estimate
+        rate = expected / costs_s[n]
+        if rate > best_rate:
+            best_n, best_rate = n, rate
+    return best_n
+
+
+def monotone_estimates(tree: DraftTree, estimates: torch.Tensor) -> torch.Tensor:
+    """Each node's estimate capped by its ancestors' (a path is accepted only if its prefix is)."""
+    if tree.num_nodes == 0:
+        return estimates
+    masked = torch.where(tree.ancestors(), estimates[None, :], torch.full_like(estimates, math.inf)[None, :])
+    return masked.min(dim=1).values
+
+
+def best_first_order(estimates: torch.Tensor) -> torch.Tensor:
+    """Nodes by estimate, highest first, ties to the lower index: parents before children when the
+    estimates are monotone (a parent's index is lower than its children's)."""
+    index = torch.arange(estimates.numel(), dtype=torch.float64)
+    return torch.argsort(estimates.double() * 1e6 - index * 1e-9, descending=True, stable=True)
+
+
+class VerifyCost:
+    """t(n, context): seconds per verification of n nodes, from a calibration refined online.
+
+    Cells are (context band, n) with an exponential moving average; an unseen n is interpolated
+    between the nearest seen ones of its band (a band with no data borrows the nearest band's).
+    Bands are powers of two of the context length.
+    """
+
+    def __init__(self, max_nodes: int, smoothing: float = 0.2) -> None:
+        self.max_nodes = max_nodes
+        self.smoothing = smoothing
+        self.cells: dict[int, dict[int, float]] = {}
+
+    @staticmethod
+    def band(context: int) -> int:
+        return max(int(context), 1).bit_length()
+
+    def observe(self, num_nodes: int, context: int, seconds: float) -> None:
+        cells = self.cells.setdefault(self.band(context), {})
+        old = cells.get(num_nodes)
+        cells[num_nodes] = seconds if old is None else old + self.smoothing * (seconds - old)
+
+    @property
+    def is_known(self) -> bool:
+        return bool(self.cells)
+
+    def table(self, context: int) -> list[float]:
+        """[t(0), ..., t(max_nodes)] in seconds for this context length."""
+        if not self.cells:
+            return [1.0] * (self.max_nodes + 1)
+        band = self.band(context)
+        nearest = min(self.cells, key=lambda b: (abs(b - band), -b))
+        return interpolate(self.cells[nearest], self.max_nodes)
+
+
+def interpolate(points: dict[int, float], max_n: int) -> list[float]:
+    """Piecewise-linear through the measured points, flat before the first, extended after the last."""
+    known = sorted(points.items())
+    out: list[float] = []
+    for n in range(max_n + 1):
+        below = [(k, v) for k, v in known if k <= n]
+        above = [(k, v) for k, v in known if k >= n]
+        if below and above:
+            (k0, v0), (k1, v1) = below[-1], above[0]
+            out.append(v0 if k1 == k0 else v0 + (v1 - v0) * (n - k0) / (k1 - k0))
+        elif below:  # beyond the last point: the slope of the last two (never decreasing)
+            if len(known) >= 2:
+                (k0, v0), (k1, v1) = known[-2], known[-1]
+                slope = max((v1 - v0) / (k1 - k0), 0.0)
+            else:
+                slope = 0.0
+            out.append(below[-1][1] + slope * (n - below[-1][0]))
+        else:
+            out.append(above[0][1])
+    return out
+
+
+class CalibratedAcceptance:
+    """P(node accepted) from the drafter's path probability, calibrated on the verifier's verdicts.
+
+    Counts per (depth, bin of log path probability); the drafter's own path probability is the prior
+    with the weight of `prior_weight` verdicts, so a new deployment trusts the drafter, and a drafter
+    whose probabilities lie (a useless one) is corrected after a few dozen verdicts. Counts decay by
+    `decay` per verification, so the estimates follow a drafter whose accuracy changes (~1/(1-decay)
+    verifications of memory).
+    """
+
+    def __init__(self, num_bins: int = 16, max_depth: int = 16, prior_weight: float = 4.0,
+                 min_log_prob: float = -12.0, decay: float = 0.995) -> None:
+        self.num_bins, self.max_depth, self.prior_weight, self.decay = num_bins, max_depth, prior_weight, decay
+        self.min_log_prob = min_log_prob
+        self.accepted = torch.zeros(max_depth + 1, num_bins, dtype=torch.float64)
+        self.seen = torch.zeros(max_depth + 1, num_bins, dtype=torch.float64)
+
+    def _cells(self, tree: DraftTree) -> tuple[torch.Tensor, torch.Tensor]:
+        log_p = tree.path_probs().double().clamp(min=1e-30).log().clamp(min=self.min_log_prob, max=0.0)
+        bins = ((log_p / self.min_log_prob) * (self.num_bins - 1)).round().long()  # 0 = most likely
+        return tree.depths.clamp(max=self.max_depth), bins
+
+    def estimate(self, tree: DraftTree) -> torch.Tensor:
+        """[N] acceptance estimates, monotone along paths."""
+        if tree.num_nodes == 0:
+            return torch.zeros(0, dtype=torch.float64)
+        depths, bins = self._cells(tree)
+        prior = tree.path_probs().double().clamp(0.0, 1.0)
+        raw = (self.accepted[depths, bins] + self.prior_weight * prior) / (self.seen[depths, bins] + self.prior_weight)
+        return monotone_estimates(tree, raw)
+
+    def update(self, tree: DraftTree, accepted: torch.Tensor) -> None:
+        """Record a verification's verdicts: accepted[i] is True when node i was on the accepted path."""
+        if tree.num_nodes == 0:
+            return
+        depths, bins = self._cells(tree)
+        self.seen *= self.decay
+        self.accepted *= self.decay
+        self.seen.index_put_((depths, bins), torch.ones(tree.num_nodes, dtype=torch.float64), accumulate=True)
+        self.accepted.index_put_((depths, bins), accepted.to(torch.float64), accumulate=True)
+
+
+class LearnedAcceptance:
+    """The early-stop decision model of Multi-candidate Speculative Decoding (seed 001) as an estimator:
+    a logistic regression over drafter features of each node, trained online (SGD) on the verifier's
+    per-node verdicts, which cost nothing to collect.
+
+    Features: bias, log path probability, log own probability, depth, rank among siblings, whether the
+    parent is the root. Predicts P(node accepted | parent accepted); a node's estimate is the product
+    along its path.
+    """
+
+    num_features = 6
+
+    def __init__(self, learning_rate: float = 0.05) -> None:
+        self.learning_rate = learning_rate
+        self.weights = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)  # starts as path prob
+
+    def features(self, tree: DraftTree) -> torch.Tensor:
+        """[N, F] per-node features."""
+        same_parent = tree.parents[:, None] == tree.parents[None, :]
+        index = torch.arange(tree.num_nodes)
+        beats = (tree.probs[None, :] > tree.probs[:, None]) | (
+            (tree.probs[None, :] == tree.probs[:, None]) & (index[None, :] < index[:, None]))
+        rank = (same_parent & beats).sum(dim=1).double()
+        return torch.stack([torch.ones(tree.num_nodes, dtype=torch.float64),
+                            tree.path_probs().double().clamp(min=1e-30).log(),
+                            tree.probs.double().clamp(min=1e-30).log(),
+                            tree.depths.double(), rank, (tree.parents < 0).double()], dim=1)
+
+    def _conditional(self, feats: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(feats @ self.weights)
+
+    def estimate(self, tree: DraftTree) -> torch.Tensor:
+        if tree.num_nodes == 0:
+            return torch.zeros(0, dtype=torch.float64)
+        log_cond = self._conditional(self.features(tree)).clamp(min=1e-30).log()
+        return monotone_estimates(tree, torch.exp(tree.ancestors().double() @ log_cond))
+
+    def update(self, tree: DraftTree, accepted: torch.Tensor) -> None:
+        """One SGD step on the nodes whose parent was accepted (the only ones whose verdict says something)."""
+        if tree.num_nodes == 0:
+            return
+        parent_ok = torch.ones(tree.num_nodes, dtype=torch.bool)
+        inner = tree.parents >= 0
+        parent_ok[inner] = accepted[tree.parents[inner]]
+        feats = self.features(tree)[parent_ok]
+        if feats.shape[0] == 0:
+            return
+        labels = accepted[parent_ok].double()
+        gradient = feats.T @ (self._conditional(feats) - labels) / feats.shape[0]
+        self.weights -= self.learning_rate * gradient
+
+
+def make_acceptance(kind: str) -> CalibratedAcceptance | LearnedAcceptance:
+    if kind == "calibrated":
+        return CalibratedAcceptance()
+    if kind == "learned":
+        return LearnedAcceptance()
+    raise ValueError(f"speculation.acceptance must be 'calibrated' or 'learned', got {kind!r}")

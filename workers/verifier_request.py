@@ -1,0 +1,114 @@
+"""One request as the verifier drives it: its cache, committed tokens, and the newest draft tree.
+
+The verifier is ahead of the coordinator: it commits, re-roots the tree it holds along what it just
+committed, and verifies again without waiting for anyone. Trees from the drafter arrive tagged with
+the epoch they were built on and are re-rooted along the tokens committed since.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protocol.messages import Draft
+from protocol.params import SamplingParams
+from workers.target import VerifierState
+from workers.tree import DraftTree
+from workers.wire import tree_from_blobs
+
+MAX_HELD_NODES = 1024  # a drafter's living tree beyond this is refused (its ancestor matrix is N x N)
+
+MODES = ("async", "sync", "off")
+
+
+@dataclass
+class VerifierRequest:
+    """Phases: running -> stopped (a stop token or `max_length`; waits for Release). In sync mode a
+    running request is runnable only once a draft for its current epoch has arrived (`is_fresh`)."""
+
+    state: VerifierState
+    params: SamplingParams
+    committed: list[int]
+    max_tree_nodes: int
+    mode: str
+    want_features: bool
+    max_length: int
+    stop_token_ids: frozenset[int]
+    tree: DraftTree = field(default_factory=DraftTree.empty)  # rooted at committed[-1]
+    pending: Draft | None = None  # the newest draft not looked at yet (decoded only when a verification starts)
+    is_fresh: bool = False
+    is_stopped: bool = False
+    num_empty_choices: int = 0  # verifications where the cost model chose no node (for exploration)
+    num_drafts_dropped: int = 0  # drafts that no longer fit the committed tokens
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    @property
+    def epoch(self) -> int:
+        return len(self.committed)
+
+    @property
+    def is_runnable(self) -> bool:
+        return not self.is_stopped and (self.mode != "sync" or self.is_fresh)
+
+    def receive(self, draft: Draft) -> None:
+        """Keep the newest draft; drafts in between are never decoded. Sync mode wants one of this epoch."""
+        if self.pending is not None:
+            self.num_drafts_dropped += 1
+        self.pending = draft
+        self.is_fresh = self.is_fresh or draft.epoch == self.epoch
+
+    def take_pending(self) -> str | None:
+        """Decode the newest draft and hold it if it still fits; returns why a malformed one was dropped.
+
+        A bad draft costs the request nothing: it goes on with the tree it holds.
+        """
+        draft, self.pending = self.pending, None
+        if draft is None or self.mode == "off":
+            return None
+        try:
+            tree = tree_from_blobs(draft.token_ids, draft.parents, draft.probs)
+        except ValueError as err:
+            self.num_drafts_dropped += 1
+            return str(err)
+        if tree.num_nodes > MAX_HELD_NODES:
+            self.num_drafts_dropped += 1
+            return f"draft tree has {tree.num_nodes} nodes, more than {MAX_HELD_NODES}"
+        self.offer(draft.epoch, draft.root, tree)
+        return None
+
+    def offer(self, epoch: int, root: int, tree: DraftTree) -> bool:
+        """Take a drafter's tree built on `epoch` if it still fits the committed tokens; False if dropped."""
+        if not 1 <= epoch <= self.epoch or self.committed[epoch - 1] != root:
+            self.num_drafts_dropped += 1
+            return False
+        rerooted = tree.reroot(self.committed[epoch:])
+        if rerooted is None:
+            self.num_drafts_dropped += 1
+            return False
+        self.tree = rerooted
+        self.is_fresh = self.is_fresh or epoch == self.epoch
+        return True
+
+    def commit(self, token_ids: list[int]) -> bool:
+        """Append a verification's tokens; the held tree follows them (or is dropped); stop rules apply.
+
+        Returns True on a re-root hit: the held tree spelled every committed token, bonus included.
+        """
+        rerooted = self.tree.reroot(token_ids) if self.tree.num_nodes else None
+        self.tree = rerooted or DraftTree.empty()
+        self.committed.extend(token_ids)
+        self.is_fresh = False
+        if self.max_length and self.epoch >= self.max_length:
+            self.is_stopped = True
+        if any(t in self.stop_token_ids for t in token_ids):
+            self.is_stopped = True
+        return rerooted is not None
+
+    def steer(self, mode: str, want_features: bool) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode, self.want_features = mode, want_features
+        if mode == "off":
+            self.tree, self.pending = DraftTree.empty(), None
