@@ -57,6 +57,11 @@ class Deployment:
         if self.config.uses_drafter:
             self.start_worker("drafter")
         self.wait_ready(timeout_s)
+        if self.config.server is not None:  # the OpenAI-compatible HTTP server (runtime.http)
+            from runtime.http.serve import wait_healthy
+
+            self.processes["server"] = self._spawn("serve.py")
+            wait_healthy(self.config.server.base_url, timeout_s, self._check_alive)
 
     def start_worker(self, role: str) -> None:
         self.processes[role] = self._spawn("worker.py", "--role", role, "--id", f"{role}-0")
