@@ -15,7 +15,7 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 
 
 def test_a_tokenizer_without_a_template_gets_a_clear_error() -> None:
-    with pytest.raises(ConfigError, match="server.chat_template"):
+    with pytest.raises(ConfigError, match=r"server\.chat_template"):
         ChatFormatter(model_dir=TARGET).prompt_ids(MESSAGES)
 
 

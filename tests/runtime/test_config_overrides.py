@@ -16,9 +16,9 @@ def test_parse_override_reads_yaml_values() -> None:
     assert parse_override("limits.max_queued_requests=8") == (["limits", "max_queued_requests"], 8)
     assert parse_override("server.api_keys=[a, b]") == (["server", "api_keys"], ["a", "b"])
     assert parse_override("coordinator.client_address=tcp://h:1") == (["coordinator", "client_address"], "tcp://h:1")
-    with pytest.raises(ConfigError, match="dotted.key=value"):
+    with pytest.raises(ConfigError, match=r"dotted\.key=value"):
         parse_override("limits.max_queued_requests")
-    with pytest.raises(ConfigError, match="dotted.key=value"):
+    with pytest.raises(ConfigError, match=r"dotted\.key=value"):
         parse_override("limits..x=1")
 
 
@@ -27,7 +27,7 @@ def test_apply_overrides_creates_sections_and_leaves_the_input_alone() -> None:
     out = apply_overrides(data, ["limits.max_new_tokens=7", "server.port=9000"])
     assert out == {"limits": {"max_new_tokens": 7}, "server": {"port": 9000}}
     assert data == {"limits": {"max_new_tokens": 5}}
-    with pytest.raises(ConfigError, match="verifier.model is a value"):
+    with pytest.raises(ConfigError, match=r"verifier\.model is a value"):
         apply_overrides({"verifier": {"model": "x"}}, ["verifier.model.y=1"])
 
 
@@ -38,7 +38,7 @@ def test_load_with_overrides_validates_like_yaml() -> None:
         TandemConfig.load(DEFAULT_CONFIG_PATH, ["limits.max_queud_requests=1"])
     with pytest.raises(ConfigError, match="unknown key bogus"):
         TandemConfig.load(DEFAULT_CONFIG_PATH, ["bogus.key=1"])
-    with pytest.raises(ConfigError, match="limits.max_new_tokens must be an integer"):
+    with pytest.raises(ConfigError, match=r"limits\.max_new_tokens must be an integer"):
         TandemConfig.load(DEFAULT_CONFIG_PATH, ["limits.max_new_tokens=lots"])
 
 
