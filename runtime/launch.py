@@ -31,6 +31,7 @@ def config_variant(config_path: str, out_dir: Path, mode: str, fresh_ports: bool
     data = yaml.safe_load(Path(config_path).read_text())
     config = TandemConfig.load(config_path)
     data.setdefault("speculation", {})["mode"] = mode
+    data.pop("server", None)  # a variant measures the runtime: no HTTP server
     data["verifier"]["model"] = config.verifier.model
     if config.drafter is not None and config.drafter.model is not None:
         data["drafter"]["model"] = config.drafter.model

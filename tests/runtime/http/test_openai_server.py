@@ -20,6 +20,7 @@ from runtime.builders import load_tokenizer
 from runtime.client import AsyncClient, Client
 from runtime.config import REPO_ROOT
 from runtime.launch import Deployment, free_port
+from runtime.results import GenerationParams
 
 KEY = "test-key"
 PROMPT = "def fibonacci(n):"
@@ -58,8 +59,15 @@ def base_url(deployment: Deployment) -> str:
 def reference(deployment: Deployment) -> dict[str, Any]:
     """What the ZeroMQ client answers for the same prompts (greedy)."""
     with Client.from_config(deployment.config_path, timeout_s=120) as client:
-        return {"completion": client.generate(PROMPT, max_new_tokens=MAX_NEW),
-                "chat": client.chat(MESSAGES, max_new_tokens=MAX_NEW)}
+        answers = {"completion": client.generate(PROMPT, max_new_tokens=MAX_NEW),
+                   "chat": client.chat(MESSAGES, max_new_tokens=MAX_NEW)}
+
+    async def async_chat() -> list[int]:
+        async with AsyncClient.from_config(deployment.config_path, timeout_s=120) as client:
+            return (await client.chat(MESSAGES, GenerationParams(max_new_tokens=MAX_NEW))).token_ids
+
+    assert asyncio.run(async_chat()) == answers["chat"].token_ids  # both clients apply the same template
+    return answers
 
 
 def sdk(base_url: str, key: str = KEY) -> openai.OpenAI:
