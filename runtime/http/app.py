@@ -21,7 +21,7 @@ from protocol.messages import Chunk
 from runtime.http.errors import ApiError, from_tandem
 from runtime.http.metrics import CONTENT_TYPE
 from runtime.http.responses import Shape, sse
-from runtime.http.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
+from runtime.http.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from runtime.http.service import TandemService
 
 
@@ -70,12 +70,12 @@ def build_app(service: TandemService) -> FastAPI:
     return app
 
 
-def _check(service: TandemService, body: _Sampling) -> None:
+def _check(service: TandemService, body: SamplingFields) -> None:
     body.check_supported()
     service.check_model(body.model)
 
 
-async def _answer(service: TandemService, shape: Shape, body: _Sampling, prompt_ids: list[int],
+async def _answer(service: TandemService, shape: Shape, body: SamplingFields, prompt_ids: list[int],
                   max_new_tokens: int | None) -> Response:
     await service.check_ready()
     first, chunks = await service.open_stream(prompt_ids, body.params(max_new_tokens))

@@ -19,7 +19,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Sampling(BaseModel):
+class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="allow")  # e.g. `user`, `metadata`: accepted, ignored
 
     model: str | None = None
@@ -58,7 +58,7 @@ class _Sampling(BaseModel):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingFields):
     prompt: str | list[int] | list[str] | list[list[int]]
     echo: bool = False
     best_of: int | None = None
@@ -85,6 +85,6 @@ class CompletionRequest(_Sampling):
         raise bad_field("prompt", "prompt must be one string or one list of token ids (no batches)")
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingFields):
     messages: list[dict[str, Any]]
     max_completion_tokens: int | None = Field(default=None, ge=1)  # newer name of max_tokens
