@@ -56,10 +56,14 @@ def scripted() -> ScriptedClient:
     return ScriptedClient()
 
 
+def serve(scripted: ScriptedClient, tokenizer: Any, *overrides: str) -> TestClient:
+    config = TandemConfig.load(DEFAULT_CONFIG_PATH, ["server.model_name=m", *overrides])
+    return TestClient(build_app(TandemService(config, scripted, tokenizer)))  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def http(scripted: ScriptedClient, tokenizer: Any) -> Iterator[TestClient]:
-    config = TandemConfig.load(DEFAULT_CONFIG_PATH, ["server.model_name=m"])
-    with TestClient(build_app(TandemService(config, scripted, tokenizer))) as client:  # type: ignore[arg-type]
+    with serve(scripted, tokenizer, "server.chat_template=") as client:  # the demo tokenizer's own: none
         yield client
 
 
@@ -128,6 +132,15 @@ def test_bad_fields_are_named(http: TestClient, body: dict[str, Any], param: str
     assert response.status_code in (400, 404) and error_of(response)["param"] == param
 
 
-def test_chat_without_a_template_is_a_clear_400(http: TestClient) -> None:
-    response = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+def test_chat_uses_the_configured_template_and_needs_one(http: TestClient, scripted: ScriptedClient,
+                                                         tokenizer: Any) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 4}
+    response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 400 and "server.chat_template" in error_of(response)["message"]
+    with serve(scripted, tokenizer) as templated:  # configs/demo.yaml names configs/chat_template.jinja
+        response = templated.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"] == {"role": "assistant", "content": "abc"}
+    prompt_ids, params = scripted.calls[-1]
+    assert prompt_ids == tokenizer("### user:\nhi\n\n### assistant:\n", add_special_tokens=False)["input_ids"]
+    assert params.max_new_tokens == 4

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from runtime.builders import load_tokenizer
 from runtime.client import AsyncClient, Client
 from runtime.config import REPO_ROOT
+from runtime.engine import Engine
 from runtime.launch import Deployment, free_port
 from runtime.results import GenerationParams
 
@@ -115,6 +116,12 @@ def test_chat_sync_and_async_equal_client_chat(base_url: str, reference: dict[st
     text, usage = asyncio.run(stream())
     assert text == expected.text
     assert usage.prompt_tokens == out.usage.prompt_tokens and usage.completion_tokens == len(expected.token_ids)
+
+
+def test_engine_chat_equals_client_chat(deployment: Deployment, reference: dict[str, Any]) -> None:
+    """The in-process engine applies the same template (from the YAML's server section)."""
+    engine = Engine.from_config(deployment.config_path)
+    assert engine.chat(MESSAGES, max_new_tokens=MAX_NEW).token_ids == reference["chat"].token_ids
 
 
 def test_stop_strings_and_max_tokens(base_url: str, reference: dict[str, Any]) -> None:
