@@ -29,3 +29,11 @@ class ProtocolError(TandemError):
 
 class WorkerDeadError(TandemError):
     """A worker or the coordinator stopped answering within its timeout."""
+
+
+class OverloadedError(TandemError):
+    """The coordinator's queue is full (`limits.max_queued_requests`); retry later."""
+
+
+class RequestTimeoutError(WorkerDeadError):
+    """A request ran past `limits.request_timeout_s`."""

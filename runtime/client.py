@@ -2,8 +2,12 @@
 
     client = Client.from_config("configs/demo.yaml")
     out = client.generate("def fib(n):", max_new_tokens=64)
-    for chunk in client.stream("import os", max_new_tokens=32):
+    for chunk in client.stream("import os", GenerationParams(max_new_tokens=32, temperature=0.8, seed=1)):
         print(chunk.text, end="")
+    reply = client.chat([{"role": "user", "content": "Hi"}], max_new_tokens=32)
+
+Settings travel as one `GenerationParams`; keyword arguments override its fields. Chat applies the
+chat template here, on the client side (runtime.chat), and sends token ids.
 
 A coordinator that does not answer within `timeout_s` raises WorkerDeadError naming its address.
 """
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any, TypeVar
 
 import zmq
@@ -22,14 +26,22 @@ import zmq.asyncio
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError, WorkerDeadError
 from protocol.messages import Cancel, Chunk, Error, Generate, GetMetrics, Message, Metrics
+from runtime.chat import ChatFormatter
 from runtime.config import TandemConfig
-from runtime.results import GenerationOutput, collect, error_to_exception, generate_message_fields
+from runtime.results import GenerationOutput, GenerationParams, collect, error_to_exception
 
 _M = TypeVar("_M", bound=Message)
 
 
 def _new_id() -> str:
     return uuid.uuid4().hex
+
+
+def _chat_formatter(config_path: str, chat_template: str | None) -> tuple[str, ChatFormatter]:
+    """The coordinator's address and a chat formatter on the target's tokenizer, from a deployment YAML."""
+    config = TandemConfig.load(config_path)
+    template = chat_template or (config.server.chat_template if config.server is not None else None)
+    return config.coordinator.client_address, ChatFormatter(None, template, config.verifier.model)
 
 
 def _expect(message: Message, kind: type[_M]) -> _M:
@@ -41,30 +53,37 @@ def _expect(message: Message, kind: type[_M]) -> _M:
 class Client:
     """Blocking client; one socket, safe for one thread."""
 
-    def __init__(self, address: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 60.0, tokenizer: Any = None,
+                 chat_template: str | None = None) -> None:
         self.address, self.timeout_s = address, timeout_s
+        self.chat_formatter = ChatFormatter(tokenizer, chat_template)
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(address)
 
     @classmethod
-    def from_config(cls, path: str, timeout_s: float = 60.0) -> Client:
-        return cls(TandemConfig.load(path).coordinator.client_address, timeout_s)
+    def from_config(cls, path: str, timeout_s: float = 60.0, chat_template: str | None = None) -> Client:
+        """Client of the deployment in `path`; chat uses its target's tokenizer and `server.chat_template`."""
+        address, formatter = _chat_formatter(path, chat_template)
+        client = cls(address, timeout_s)
+        client.chat_formatter = formatter
+        return client
 
-    def generate(self, prompt_or_ids: str | list[int], max_new_tokens: int | None = None, temperature: float = 0.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: str | list[str] | None = None,
-                 stop_token_ids: list[int] | None = None, ignore_eos: bool = False) -> GenerationOutput:
-        return collect(self.stream(prompt_or_ids, max_new_tokens, temperature, top_p, top_k, seed, stop,
-                                   stop_token_ids, ignore_eos))
+    def generate(self, prompt_or_ids: str | list[int], params: GenerationParams | None = None,
+                 **overrides: Any) -> GenerationOutput:
+        return collect(self.stream(prompt_or_ids, params, **overrides))
 
-    def stream(self, prompt_or_ids: str | list[int], max_new_tokens: int | None = None, temperature: float = 0.0,
-               top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: str | list[str] | None = None,
-               stop_token_ids: list[int] | None = None, ignore_eos: bool = False) -> Iterator[Chunk]:
+    def chat(self, messages: list[dict[str, Any]], params: GenerationParams | None = None,
+             **overrides: Any) -> GenerationOutput:
+        """One assistant turn for OpenAI-style messages, through the chat template."""
+        return self.generate(self.chat_formatter.prompt_ids(messages), params, **overrides)
+
+    def stream(self, prompt_or_ids: str | list[int], params: GenerationParams | None = None,
+               **overrides: Any) -> Iterator[Chunk]:
         """Chunks as they are committed; leaving the loop early cancels the request."""
         request_id = _new_id()
-        fields = generate_message_fields(prompt_or_ids, max_new_tokens, temperature, top_p, top_k, seed, stop,
-                                         stop_token_ids, ignore_eos)
+        fields = GenerationParams.of(params, overrides).message_fields(prompt_or_ids)
         self._send(Generate(request_id, **fields))
         is_done = False
         try:
@@ -118,8 +137,10 @@ class Client:
 class AsyncClient:
     """asyncio client: many concurrent requests over one socket, routed by request id."""
 
-    def __init__(self, address: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 60.0, tokenizer: Any = None,
+                 chat_template: str | None = None) -> None:
         self.address, self.timeout_s = address, timeout_s
+        self.chat_formatter = ChatFormatter(tokenizer, chat_template)
         self.context = zmq.asyncio.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -128,24 +149,25 @@ class AsyncClient:
         self._reader: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_config(cls, path: str, timeout_s: float = 60.0) -> AsyncClient:
-        return cls(TandemConfig.load(path).coordinator.client_address, timeout_s)
+    def from_config(cls, path: str, timeout_s: float = 60.0, chat_template: str | None = None) -> AsyncClient:
+        address, formatter = _chat_formatter(path, chat_template)
+        client = cls(address, timeout_s)
+        client.chat_formatter = formatter
+        return client
 
-    async def generate(self, prompt_or_ids: str | list[int], max_new_tokens: int | None = None,
-                       temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                       stop: str | list[str] | None = None, stop_token_ids: list[int] | None = None,
-                       ignore_eos: bool = False) -> GenerationOutput:
-        chunks = [c async for c in self.stream(prompt_or_ids, max_new_tokens, temperature, top_p, top_k, seed, stop,
-                                               stop_token_ids, ignore_eos)]
-        return collect(chunks)
+    async def generate(self, prompt_or_ids: str | list[int], params: GenerationParams | None = None,
+                       **overrides: Any) -> GenerationOutput:
+        return collect([c async for c in self.stream(prompt_or_ids, params, **overrides)])
 
-    async def stream(self, prompt_or_ids: str | list[int], max_new_tokens: int | None = None,
-                     temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                     stop: str | list[str] | None = None, stop_token_ids: list[int] | None = None,
-                     ignore_eos: bool = False) -> AsyncIterator[Chunk]:
+    async def chat(self, messages: list[dict[str, Any]], params: GenerationParams | None = None,
+                   **overrides: Any) -> GenerationOutput:
+        return await self.generate(self.chat_formatter.prompt_ids(messages), params, **overrides)
+
+    async def stream(self, prompt_or_ids: str | list[int], params: GenerationParams | None = None,
+                     **overrides: Any) -> AsyncGenerator[Chunk, None]:
+        """Chunks as they are committed; closing the generator early (or cancelling its task) sends Cancel."""
         request_id = _new_id()
-        fields = generate_message_fields(prompt_or_ids, max_new_tokens, temperature, top_p, top_k, seed, stop,
-                                         stop_token_ids, ignore_eos)
+        fields = GenerationParams.of(params, overrides).message_fields(prompt_or_ids)
         queue = self._open(request_id)
         is_done = False
         try:
@@ -156,9 +178,9 @@ class AsyncClient:
                 yield chunk
         finally:
             self._queues.pop(request_id, None)
-            if not is_done:
-                with contextlib.suppress(zmq.ZMQError):
-                    await self.cancel(request_id)
+            if not is_done:  # shielded: a cancelled caller (a client that hung up) still frees the request
+                with contextlib.suppress(zmq.ZMQError, asyncio.CancelledError):
+                    await asyncio.shield(self.cancel(request_id))
 
     async def cancel(self, request_id: str) -> None:
         await self._send(Cancel(request_id))

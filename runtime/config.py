@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 from protocol.errors import ConfigError
+from runtime.config_overrides import apply_overrides
 from runtime.config_schema import (
     CoordinatorConfig,
     DrafterConfig,
     LimitsConfig,
+    ServerConfig,
     SpeculationConfig,
     VerifierConfig,
     check_int,
@@ -38,6 +40,7 @@ __all__ = [
     "CoordinatorConfig",
     "DrafterConfig",
     "LimitsConfig",
+    "ServerConfig",
     "SpeculationConfig",
     "TandemConfig",
     "VerifierConfig",
@@ -66,6 +69,7 @@ class TandemConfig:
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     speculation: SpeculationConfig = field(default_factory=SpeculationConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    server: ServerConfig | None = None  # the OpenAI-compatible HTTP server; None = not started by launch
     source: str = field(default="<string>", compare=False)
 
     def __post_init__(self) -> None:
@@ -74,8 +78,11 @@ class TandemConfig:
                               "only mode 'off' runs without a drafter)")
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> TandemConfig:
-        """Read and validate a YAML file; relative model paths follow `resolve_model_path`."""
+    def load(cls, path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TandemConfig:
+        """Read and validate a YAML file; relative model paths follow `resolve_model_path`.
+
+        `overrides` are `dotted.key=value` strings (`--set`), applied before validation (runtime.config_overrides).
+        """
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -83,7 +90,11 @@ class TandemConfig:
             raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-        return cls.from_dict(data, source=str(path), base_dir=path.resolve().parent)
+        source = str(path)
+        if overrides:
+            data = apply_overrides(data, overrides)
+            source += " with --set " + " ".join(overrides)
+        return cls.from_dict(data, source=source, base_dir=path.resolve().parent)
 
     @classmethod
     def from_dict(cls, data: object, source: str = "<string>",
@@ -152,10 +163,19 @@ def _build(data: object, source: str, base_dir: Path | None) -> TandemConfig:
     config = TandemConfig(verifier=verifier, drafter=drafter,
                           coordinator=_section(top, "coordinator", CoordinatorConfig) or CoordinatorConfig(),
                           speculation=_section(top, "speculation", SpeculationConfig) or SpeculationConfig(),
-                          limits=_section(top, "limits", LimitsConfig) or LimitsConfig(), source=source)
+                          limits=_section(top, "limits", LimitsConfig) or LimitsConfig(),
+                          server=_server(top, base_dir), source=source)
     if drafter is not None and not config.uses_drafter:
         logger.info("%s: speculation.mode is off, so the drafter section is not used", source)
     return config
+
+
+def _server(top: Mapping[str, Any], base_dir: Path | None) -> ServerConfig | None:
+    server = _section(top, "server", ServerConfig)
+    template = server.chat_template if server is not None else None
+    if server is None or template is None or "{{" in template or "{%" in template:
+        return server  # no template, or Jinja text given inline
+    return replace(server, chat_template=resolve_model_path(template, base_dir))
 
 
 def _section(top: Mapping[str, Any], name: str, cls: type[_T]) -> _T | None:

@@ -239,3 +239,34 @@ class LimitsConfig:
         if self.default_max_new_tokens is not None:
             return self.default_max_new_tokens
         return min(FALLBACK_MAX_NEW_TOKENS, self.max_new_tokens)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """The OpenAI-compatible HTTP server (runtime.http): where it listens, its API keys, its chat template."""
+
+    host: str = "127.0.0.1"  # loopback unless asked: the server is reachable only from this machine
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()  # Bearer keys; empty = no authentication
+    model_name: str | None = None  # the model id in /v1/models and responses; None = the target dir's name
+    chat_template: str | None = None  # Jinja file (resolved like model paths) or text; None = the tokenizer's
+
+    def __post_init__(self) -> None:
+        check_str("server.host", self.host)
+        check_int("server.port", self.port, 1)
+        if self.port > 65535:
+            raise ConfigError(f"server.port must be in 1..65535, got {self.port!r}")
+        keys = self.api_keys
+        if isinstance(keys, str) or not isinstance(keys, (list, tuple)) \
+                or not all(isinstance(k, str) and k.strip() for k in keys):
+            raise ConfigError(f"server.api_keys must be a list of non-empty strings, got {keys!r}")
+        _set(self, "api_keys", tuple(keys))
+        for key in ("model_name", "chat_template"):
+            if getattr(self, key) is not None:
+                check_str(f"server.{key}", getattr(self, key))
+
+    @property
+    def base_url(self) -> str:
+        """Where a client on this machine reaches the server (a wildcard host is reached on loopback)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "*") else self.host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"

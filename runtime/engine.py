@@ -14,16 +14,18 @@ from typing import Any
 from protocol.codec import decode, encode
 from protocol.messages import Chunk, Error, Generate, GetMetrics, Heartbeat, Message, Metrics, Welcome
 from runtime import builders
+from runtime.chat import ChatFormatter
 from runtime.config import TandemConfig
 from runtime.coordinator import Coordinator
-from runtime.results import GenerationOutput, collect, error_to_exception, generate_message_fields
+from runtime.results import GenerationOutput, GenerationParams, collect, error_to_exception
 
 _CLIENT = b"engine-client"
 
 
 class Engine:
-    def __init__(self, coordinator: Coordinator, handlers: list[Any]) -> None:
+    def __init__(self, coordinator: Coordinator, handlers: list[Any], chat_template: str | None = None) -> None:
         self.coordinator = coordinator
+        self.chat_formatter = ChatFormatter(coordinator.tokenizer, chat_template)
         self.handlers = {h.worker_id.encode(): h for h in handlers}
         self._ids = itertools.count()
         self._inbox: list[Message] = []
@@ -32,28 +34,31 @@ class Engine:
         self._pump()
 
     @classmethod
-    def from_config(cls, path: str) -> Engine:
+    def from_config(cls, path: str, chat_template: str | None = None) -> Engine:
         config = TandemConfig.load(path)
+        if chat_template is None and config.server is not None:
+            chat_template = config.server.chat_template
         model = config.verifier.model
         coordinator = Coordinator(config, builders.load_tokenizer(model), builders.read_reference(model),
                                   builders.read_eos_ids(model))
         handlers = [builders.build_verifier_worker(config, "verifier-0")]
         if config.uses_drafter:
             handlers.append(builders.build_drafter_worker(config, "drafter-0"))
-        return cls(coordinator, handlers)
+        return cls(coordinator, handlers, chat_template)
 
-    def generate(self, prompt_or_ids: str | list[int], max_new_tokens: int | None = None, temperature: float = 0.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: str | list[str] | None = None,
-                 stop_token_ids: list[int] | None = None, ignore_eos: bool = False) -> GenerationOutput:
-        return collect(self.stream(prompt_or_ids, max_new_tokens, temperature, top_p, top_k, seed, stop,
-                                   stop_token_ids, ignore_eos))
+    def generate(self, prompt_or_ids: str | list[int], params: GenerationParams | None = None,
+                 **overrides: Any) -> GenerationOutput:
+        return collect(self.stream(prompt_or_ids, params, **overrides))
 
-    def stream(self, prompt_or_ids: str | list[int], max_new_tokens: int | None = None, temperature: float = 0.0,
-               top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: str | list[str] | None = None,
-               stop_token_ids: list[int] | None = None, ignore_eos: bool = False) -> Iterator[Chunk]:
+    def chat(self, messages: list[dict[str, Any]], params: GenerationParams | None = None,
+             **overrides: Any) -> GenerationOutput:
+        """One assistant turn through the chat template (the coordinator's tokenizer)."""
+        return self.generate(self.chat_formatter.prompt_ids(messages), params, **overrides)
+
+    def stream(self, prompt_or_ids: str | list[int], params: GenerationParams | None = None,
+               **overrides: Any) -> Iterator[Chunk]:
         request_id = f"engine-{next(self._ids)}"
-        fields = generate_message_fields(prompt_or_ids, max_new_tokens, temperature, top_p, top_k, seed, stop,
-                                         stop_token_ids, ignore_eos)
+        fields = GenerationParams.of(params, overrides).message_fields(prompt_or_ids)
         self.coordinator.on_client(_CLIENT, _wire(Generate(request_id, **fields)))
         while True:
             self._pump()

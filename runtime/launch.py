@@ -31,6 +31,7 @@ def config_variant(config_path: str, out_dir: Path, mode: str, fresh_ports: bool
     data = yaml.safe_load(Path(config_path).read_text())
     config = TandemConfig.load(config_path)
     data.setdefault("speculation", {})["mode"] = mode
+    data.pop("server", None)  # a variant measures the runtime: no HTTP server
     data["verifier"]["model"] = config.verifier.model
     if config.drafter is not None and config.drafter.model is not None:
         data["drafter"]["model"] = config.drafter.model
@@ -57,6 +58,11 @@ class Deployment:
         if self.config.uses_drafter:
             self.start_worker("drafter")
         self.wait_ready(timeout_s)
+        if self.config.server is not None:  # the OpenAI-compatible HTTP server (runtime.http)
+            from runtime.http.serve import wait_healthy
+
+            self.processes["server"] = self._spawn("serve.py")
+            wait_healthy(self.config.server.base_url, timeout_s, self._check_alive)
 
     def start_worker(self, role: str) -> None:
         self.processes[role] = self._spawn("worker.py", "--role", role, "--id", f"{role}-0")

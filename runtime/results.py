@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from protocol.errors import ModelMismatchError, RequestError, TandemError, WorkerDeadError
+from protocol.errors import (
+    ModelMismatchError,
+    OverloadedError,
+    RequestError,
+    RequestTimeoutError,
+    TandemError,
+)
 from protocol.messages import Chunk, Error
 
 
@@ -34,19 +40,41 @@ def error_to_exception(error: Error) -> TandemError:
         return RequestError(message)
     if error.code == "model_mismatch":
         return ModelMismatchError(message)
+    if error.code == "overloaded":
+        return OverloadedError(message)
     if error.code == "timeout":
-        return WorkerDeadError(message)
+        return RequestTimeoutError(message)
     return TandemError(f"{error.code}: {message}")
 
 
-def generate_message_fields(prompt_or_ids: str | list[int], max_new_tokens: int | None, temperature: float,
-                            top_p: float, top_k: int, seed: int | None, stop: str | list[str] | None,
-                            stop_token_ids: list[int] | None, ignore_eos: bool) -> dict[str, Any]:
-    """Keyword arguments of a `Generate` message from the client API's arguments."""
-    is_text = isinstance(prompt_or_ids, str)
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    return {"prompt": prompt_or_ids if is_text else None,
-            "prompt_ids": None if is_text else [int(t) for t in prompt_or_ids],
-            "max_new_tokens": max_new_tokens, "temperature": float(temperature), "top_p": float(top_p),
-            "top_k": int(top_k), "seed": seed, "stop": stops, "stop_token_ids": list(stop_token_ids or []),
-            "ignore_eos": ignore_eos}
+@dataclass(frozen=True, kw_only=True)
+class GenerationParams:
+    """A request's sampling and stop settings, as one object (the coordinator validates the values)."""
+
+    max_new_tokens: int | None = None  # None: limits.default_max_new_tokens
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        stop: Any = self.stop
+        object.__setattr__(self, "stop", (stop,) if isinstance(stop, str) else tuple(stop or ()))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))
+
+    @classmethod
+    def of(cls, params: GenerationParams | None, overrides: Mapping[str, Any]) -> GenerationParams:
+        """`params` (default: all defaults) with keyword overrides; an unknown name raises TypeError."""
+        return replace(params or cls(), **overrides) if overrides else (params or cls())
+
+    def message_fields(self, prompt_or_ids: str | list[int]) -> dict[str, Any]:
+        """Keyword arguments of a `Generate` message for this prompt (text or token ids)."""
+        is_text = isinstance(prompt_or_ids, str)
+        return {"prompt": prompt_or_ids if is_text else None,
+                "prompt_ids": None if is_text else [int(t) for t in prompt_or_ids],
+                "max_new_tokens": self.max_new_tokens, "temperature": float(self.temperature),
+                "top_p": float(self.top_p), "top_k": int(self.top_k), "seed": self.seed, "stop": list(self.stop),
+                "stop_token_ids": [int(t) for t in self.stop_token_ids], "ignore_eos": bool(self.ignore_eos)}

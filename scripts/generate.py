@@ -12,6 +12,7 @@ import sys
 from protocol.errors import TandemError
 from runtime.client import Client
 from runtime.config import TandemConfig
+from runtime.results import GenerationParams
 
 
 def main() -> int:
@@ -32,8 +33,9 @@ def main() -> int:
         parser.error("give --config or --address")
     try:
         with Client(address, timeout_s=args.timeout_s) as client:
-            for chunk in client.stream(args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.top_k,
-                                       args.seed, args.stop):
+            params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                      top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
+            for chunk in client.stream(args.prompt, params):
                 print(chunk.text, end="", flush=True)
                 if chunk.finish_reason is not None:
                     print(f"\n[finish: {chunk.finish_reason}] {json.dumps(chunk.stats)}", file=sys.stderr)

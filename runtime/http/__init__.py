@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server: a thin FastAPI process over `AsyncClient` (README "Serving")."""

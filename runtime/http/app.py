@@ -1,0 +1,150 @@
+"""The FastAPI application: OpenAI routes (completions, chat, models), /health and /metrics.
+
+Each route validates, asks `TandemService` for a stream of chunks and shapes them as OpenAI does;
+errors of every kind leave as `{"error": {...}}` bodies with their status (runtime.http.errors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from protocol.errors import TandemError
+from protocol.messages import Chunk
+from runtime.http.errors import ApiError, from_tandem
+from runtime.http.metrics import CONTENT_TYPE
+from runtime.http.responses import Shape, sse
+from runtime.http.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from runtime.http.service import TandemService
+
+
+def build_app(service: TandemService) -> FastAPI:
+    app = FastAPI(title="Tandem", summary="OpenAI-compatible API of a Tandem deployment")
+    _add_error_handlers(app)
+
+    @app.middleware("http")
+    async def authorize(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if service.api_keys and request.url.path.startswith("/v1") and not _has_key(request, service.api_keys):
+            return _error(ApiError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
+                                   "authentication_error", None, "invalid_api_key"))
+        return await call_next(request)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest) -> Response:
+        _check(service, body)
+        prompt_ids = service.prompt_ids(body.single_prompt())
+        return await _answer(service, Shape(False, service.model_name), body, prompt_ids, body.max_tokens)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest) -> Response:
+        _check(service, body)
+        prompt_ids = service.chat_prompt_ids(body.messages)
+        max_new = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        return await _answer(service, Shape(True, service.model_name), body, prompt_ids, max_new)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        model = {"id": service.model_name, "object": "model", "created": 0, "owned_by": "tandem",
+                 "root": service.config.verifier.model, "max_model_len": service.config.limits.max_prompt_tokens
+                 + service.config.limits.max_new_tokens}
+        return {"object": "list", "data": [model]}
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        metrics = await service.check_ready()
+        roles = [w.get("role") for w in metrics.get("workers", [])]
+        return {"status": "ok", "workers": {role: roles.count(role) for role in ("verifier", "drafter")}}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        snapshot = await service.coordinator_metrics()
+        return Response(service.metrics.render(snapshot), media_type=CONTENT_TYPE)
+
+    return app
+
+
+def _check(service: TandemService, body: SamplingFields) -> None:
+    body.check_supported()
+    service.check_model(body.model)
+
+
+async def _answer(service: TandemService, shape: Shape, body: SamplingFields, prompt_ids: list[int],
+                  max_new_tokens: int | None) -> Response:
+    await service.check_ready()
+    first, chunks = await service.open_stream(prompt_ids, body.params(max_new_tokens))
+    if body.stream:
+        return StreamingResponse(_events(shape, first, chunks, len(prompt_ids), body.include_usage),
+                                 media_type="text/event-stream")
+    texts, num_tokens, last = [first.text], len(first.token_ids), first
+    try:
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                texts.append(chunk.text)
+                num_tokens += len(chunk.token_ids)
+                last = chunk
+    except TandemError as err:
+        raise from_tandem(err) from err
+    return JSONResponse(shape.response("".join(texts), last.finish_reason or "stop", len(prompt_ids), num_tokens,
+                                       last.stats or {}))
+
+
+async def _events(shape: Shape, first: Chunk, chunks: AsyncGenerator[Chunk, None], num_prompt_tokens: int,
+                  include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events ending in `data: [DONE]`; a client that hangs up cancels the request (the
+    task is cancelled inside `chunks`, whose AsyncClient stream then sends Cancel)."""
+    num_tokens = 0
+
+    def event(chunk: Chunk, is_first: bool) -> str:
+        nonlocal num_tokens
+        num_tokens += len(chunk.token_ids)
+        stats = (chunk.stats or {}) if chunk.finish_reason is not None else None
+        return sse(shape.chunk(chunk.text, chunk.finish_reason, stats, is_first, include_usage))
+
+    try:
+        yield event(first, True)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield event(chunk, False)
+        if include_usage:
+            yield sse(shape.usage_chunk(num_prompt_tokens, num_tokens))
+    except TandemError as err:  # after the first chunk the status is sent: the error goes in the stream
+        yield sse(from_tandem(err).body())
+    yield sse("[DONE]")
+
+
+def _has_key(request: Request, keys: frozenset[str]) -> bool:
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and any(hmac.compare_digest(key.strip(), k) for k in keys)
+
+
+def _error(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return _error(exc)
+
+    @app.exception_handler(TandemError)
+    async def tandem_error(request: Request, exc: TandemError) -> Response:
+        return _error(from_tandem(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        """Pydantic's complaint as a 400 naming the field (`param`), as OpenAI answers a bad field."""
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        message = f"{param}: {first.get('msg', 'invalid value')}" if param else str(first.get("msg", exc))
+        return _error(ApiError(400, message, "invalid_request_error", param, "invalid_value"))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return _error(ApiError(exc.status_code, str(exc.detail), "invalid_request_error", None, None))

@@ -1,0 +1,243 @@
+"""End to end: a deployment on the demo target (ngram drafter) with its HTTP server, driven by the official
+`openai` SDK, compared with the ZeroMQ `Client` on the same deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from runtime.builders import load_tokenizer
+from runtime.client import AsyncClient, Client
+from runtime.config import REPO_ROOT
+from runtime.engine import Engine
+from runtime.launch import Deployment, free_port
+from runtime.results import GenerationParams
+
+KEY = "test-key"
+PROMPT = "def fibonacci(n):"
+MESSAGES = [{"role": "user", "content": "Write a function that adds two numbers."}]
+MAX_NEW = 16
+TARGET = REPO_ROOT / "models" / "demo" / "target"
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    data = {
+        "coordinator": {"client_address": f"tcp://127.0.0.1:{free_port()}",
+                        "worker_address": f"tcp://127.0.0.1:{free_port()}",
+                        "heartbeat_interval_s": 0.5, "worker_timeout_s": 60.0, "log_level": "WARNING"},
+        "verifier": {"model": str(TARGET), "num_threads": 1},
+        "drafter": {"kind": "ngram", "num_threads": 1},
+        "speculation": {"mode": "async", "tree": {"total_tokens": 8, "depth": 4, "top_k": 2}},
+        "limits": {"max_new_tokens": 512, "max_queued_requests": 1, "request_timeout_s": 120},
+        "server": {"port": free_port(), "api_keys": [KEY], "model_name": "demo",
+                   "chat_template": "configs/chat_template.jinja"},
+    }
+    path = tmp_path_factory.mktemp("serve") / "tandem.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with Deployment(str(path)) as running:
+        running.start(timeout_s=180)  # the HTTP server too: the YAML has a server section
+        yield running
+
+
+@pytest.fixture(scope="module")
+def base_url(deployment: Deployment) -> str:
+    assert deployment.config.server is not None
+    return deployment.config.server.base_url
+
+
+@pytest.fixture(scope="module")
+def reference(deployment: Deployment) -> dict[str, Any]:
+    """What the ZeroMQ client answers for the same prompts (greedy)."""
+    with Client.from_config(deployment.config_path, timeout_s=120) as client:
+        answers = {"completion": client.generate(PROMPT, max_new_tokens=MAX_NEW),
+                   "chat": client.chat(MESSAGES, max_new_tokens=MAX_NEW)}
+
+    async def async_chat() -> list[int]:
+        async with AsyncClient.from_config(deployment.config_path, timeout_s=120) as client:
+            return (await client.chat(MESSAGES, GenerationParams(max_new_tokens=MAX_NEW))).token_ids
+
+    assert asyncio.run(async_chat()) == answers["chat"].token_ids  # both clients apply the same template
+    return answers
+
+
+def sdk(base_url: str, key: str = KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def test_completion_equals_client_generate(base_url: str, reference: dict[str, Any]) -> None:
+    expected = reference["completion"]
+    out = sdk(base_url).completions.create(model="demo", prompt=PROMPT, max_tokens=MAX_NEW, temperature=0)
+    assert out.choices[0].text == expected.text and expected.text
+    assert out.choices[0].finish_reason == "length"
+    num_prompt = len(load_tokenizer(str(TARGET))(PROMPT)["input_ids"])
+    assert out.usage is not None
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (num_prompt, len(expected.token_ids))
+    assert out.usage.total_tokens == num_prompt + len(expected.token_ids)
+    stats = out.model_extra["tandem"] if out.model_extra else {}
+    assert stats["num_verifications"] >= 1 and "acceptance_per_depth" in stats
+
+
+def test_completion_stream_with_usage(base_url: str, reference: dict[str, Any]) -> None:
+    chunks = list(sdk(base_url).completions.create(model="demo", prompt=PROMPT, max_tokens=MAX_NEW, temperature=0,
+                                                   stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == reference["completion"].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == MAX_NEW
+
+
+def test_chat_sync_and_async_equal_client_chat(base_url: str, reference: dict[str, Any]) -> None:
+    expected = reference["chat"]
+    out = sdk(base_url).chat.completions.create(model="demo", messages=MESSAGES, max_tokens=MAX_NEW,
+                                                temperature=0)
+    assert out.choices[0].message.content == expected.text and out.choices[0].message.role == "assistant"
+    assert out.usage is not None and out.usage.completion_tokens == len(expected.token_ids)
+
+    async def stream() -> tuple[str, Any]:
+        client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0, timeout=120)
+        events = await client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=MAX_NEW,
+                                                      temperature=0, stream=True,
+                                                      stream_options={"include_usage": True})
+        chunks = [c async for c in events]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return text, chunks[-1].usage
+
+    text, usage = asyncio.run(stream())
+    assert text == expected.text
+    assert usage.prompt_tokens == out.usage.prompt_tokens and usage.completion_tokens == len(expected.token_ids)
+
+
+def test_engine_chat_equals_client_chat(deployment: Deployment, reference: dict[str, Any]) -> None:
+    """The in-process engine applies the same template (from the YAML's server section)."""
+    engine = Engine.from_config(deployment.config_path)
+    assert engine.chat(MESSAGES, max_new_tokens=MAX_NEW).token_ids == reference["chat"].token_ids
+
+
+def test_stop_strings_and_max_tokens(base_url: str, reference: dict[str, Any]) -> None:
+    full = reference["completion"].text
+    stop = full[len(full) // 2:len(full) // 2 + 2]
+    client = sdk(base_url)
+    out = client.completions.create(model="demo", prompt=PROMPT, max_tokens=MAX_NEW, temperature=0, stop=[stop])
+    assert out.choices[0].text == full[:full.index(stop)] and out.choices[0].finish_reason == "stop"
+    short = client.completions.create(model="demo", prompt=PROMPT, max_tokens=3, temperature=0)
+    assert short.usage is not None and short.usage.completion_tokens == 3
+    assert full.startswith(short.choices[0].text) and short.choices[0].finish_reason == "length"
+
+
+def test_bad_fields_keys_and_models_get_openai_errors(base_url: str) -> None:
+    client = sdk(base_url)
+    with pytest.raises(openai.BadRequestError) as bad_n:
+        client.completions.create(model="demo", prompt=PROMPT, max_tokens=4, n=2)
+    assert bad_n.value.status_code == 400 and isinstance(bad_n.value.body, dict)
+    assert bad_n.value.body["param"] == "n" and bad_n.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as bad_temperature:
+        client.chat.completions.create(model="demo", messages=MESSAGES, temperature=-1)
+    assert isinstance(bad_temperature.value.body, dict) and bad_temperature.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError, match="max_new_tokens"):  # the coordinator's own check
+        client.completions.create(model="demo", prompt=PROMPT, max_tokens=100000)
+    with pytest.raises(openai.AuthenticationError) as bad_key:
+        sdk(base_url, key="wrong").completions.create(model="demo", prompt=PROMPT, max_tokens=4)
+    assert bad_key.value.status_code == 401
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4", prompt=PROMPT, max_tokens=4)
+    missing = httpx.post(f"{base_url}/v1/completions", json={"prompt": PROMPT})
+    assert missing.status_code == 401 and set(missing.json()["error"]) == {"message", "type", "param", "code"}
+    assert [m.id for m in client.models.list()] == ["demo"]
+    health = httpx.get(f"{base_url}/health")  # no key needed
+    assert health.status_code == 200 and health.json()["workers"]["verifier"] == 1
+
+
+def test_overloaded_queue_is_429(deployment: Deployment, base_url: str) -> None:
+    """A stopped verifier holds the first request; the second waits in the queue (limit 1); the third is refused."""
+    verifier = deployment.processes["verifier"]
+
+    async def scenario() -> tuple[Any, list[Any]]:
+        http = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0, timeout=120)
+        async with AsyncClient(deployment.config.coordinator.client_address, timeout_s=30) as zmq_client:
+            os.kill(verifier.pid, signal.SIGSTOP)
+            try:
+                running = asyncio.ensure_future(http.completions.create(model="demo", prompt=PROMPT, max_tokens=4))
+                await wait_for(zmq_client, lambda m: m["num_active"] == 1)
+                queued = asyncio.ensure_future(http.completions.create(model="demo", prompt=PROMPT, max_tokens=4))
+                await wait_for(zmq_client, lambda m: m["num_queued"] == 1)
+                with pytest.raises(openai.RateLimitError) as refused:
+                    await http.completions.create(model="demo", prompt=PROMPT, max_tokens=4)
+            finally:
+                os.kill(verifier.pid, signal.SIGCONT)
+            return refused.value, list(await asyncio.gather(running, queued))
+
+    refused, served = asyncio.run(scenario())
+    assert refused.status_code == 429 and refused.body["code"] == "overloaded"
+    assert [s.usage.completion_tokens for s in served] == [4, 4]
+
+
+def test_disconnect_mid_stream_cancels_the_request(deployment: Deployment, base_url: str) -> None:
+    with Client(deployment.config.coordinator.client_address, timeout_s=30) as client:
+        before = client.metrics()["num_generated"]
+        body = {"model": "demo", "prompt": PROMPT, "max_tokens": 500, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", f"{base_url}/v1/completions", json=body,
+                          headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as response:
+            assert response.status_code == 200
+            first = next(response.iter_lines())
+            assert first.startswith("data: ")
+        metrics = wait_for_sync(client, lambda m: m["num_active"] == 0
+                                and all(w["num_requests"] == 0 for w in m["workers"]))
+    assert metrics["num_generated"] - before < 500  # cancelled, not run to its 500 tokens
+
+
+def test_metrics_agree_with_request_stats(base_url: str) -> None:
+    before = scrape(base_url)
+    client = sdk(base_url)
+    outs = [client.completions.create(model="demo", prompt=p, max_tokens=MAX_NEW, temperature=0)
+            for p in (PROMPT, "import os\nimport sys\n")]
+    after = scrape(base_url)
+    stats = [o.model_extra["tandem"] for o in outs if o.model_extra]
+
+    def delta(name: str, labels: dict[str, str] | None = None) -> float:
+        return after.get((name, tuple(sorted((labels or {}).items()))), 0.0) - \
+            before.get((name, tuple(sorted((labels or {}).items()))), 0.0)
+
+    assert delta("tandem:spec_decode_num_drafts_total") == sum(s["num_verifications"] for s in stats) > 0
+    assert delta("tandem:spec_decode_num_accepted_tokens_total") == sum(sum(s["accepted_per_depth"]) for s in stats)
+    depth0 = sum(s["accepted_per_depth"][0] for s in stats if s["accepted_per_depth"])
+    assert delta("tandem:spec_decode_num_accepted_tokens_per_pos_total", {"position": "0"}) == depth0
+    assert delta("tandem:generation_tokens_total") == sum(o.usage.completion_tokens for o in outs if o.usage)
+    assert delta("tandem:e2e_request_latency_seconds_count") == 2
+    assert delta("tandem:time_to_first_token_seconds_count") == 2
+    assert after[("tandem:num_requests_running", ())] == 0
+
+
+def scrape(base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(f"{base_url}/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+async def wait_for(client: AsyncClient, ready: Any, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Poll the coordinator's metrics until `ready(metrics)`; fail after `timeout_s`."""
+    for _ in range(int(timeout_s / 0.05)):
+        metrics = await client.metrics()
+        if ready(metrics):
+            return metrics
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not reached within {timeout_s} s: {metrics}")
+
+
+def wait_for_sync(client: Client, ready: Any, timeout_s: float = 60.0) -> dict[str, Any]:
+    for _ in range(int(timeout_s / 0.05)):
+        metrics = client.metrics()
+        if ready(metrics):
+            return metrics
+        time.sleep(0.05)
+    raise AssertionError(f"condition not reached within {timeout_s} s: {metrics}")
