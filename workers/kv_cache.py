@@ -38,15 +38,23 @@ def keep_positions(cache: DynamicCache, start: int, positions: torch.Tensor) -> 
     """Keep positions [0, start) followed by `positions` (each >= start, in the given order).
 
     This is the compaction after verification: the accepted path's entries move right after the
-    committed prefix and everything else is dropped, with one gather per layer.
+    committed prefix and everything else is dropped. Only the moved entries are copied (a gather of
+    `len(positions)` rows, written in place); the crop is a view, so the prefix is never copied.
     """
     length = cache_length(cache)
     if positions.numel() and (int(positions.min()) < start or int(positions.max()) >= length):
         raise ValueError(f"positions must lie in [{start}, {length}), got {positions.tolist()}")
-    index = torch.cat([torch.arange(start), positions.cpu().to(torch.long)])
+    num = positions.numel()
+    source = positions.cpu().to(torch.long)
+    is_identity = bool(torch.equal(source, torch.arange(start, start + num)))
     layers: list[Any] = list(cache.layers)  # DynamicLayer: .keys / .values [B, heads, S, D]
-    for layer in layers:
-        if getattr(layer, "is_initialized", True) and layer.keys is not None:
-            device_index = index.to(layer.keys.device)
-            layer.keys = layer.keys.index_select(-2, device_index)
-            layer.values = layer.values.index_select(-2, device_index)
+    with torch.inference_mode():
+        for layer in layers:
+            if not getattr(layer, "is_initialized", True) or layer.keys is None:
+                continue
+            if not is_identity:  # rows move down only (source >= destination): gather first, then write
+                device_index = source.to(layer.keys.device)
+                layer.keys[..., start:start + num, :] = layer.keys.index_select(-2, device_index)
+                layer.values[..., start:start + num, :] = layer.values.index_select(-2, device_index)
+            layer.keys = layer.keys[..., :start + num, :]
+            layer.values = layer.values[..., :start + num, :]
