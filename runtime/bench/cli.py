@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # one progress bar: the bench's (children inherit)
     logging.basicConfig(level=logging.WARNING, format="bench: %(levelname)s %(name)s: %(message)s")
     if args.write_prompts:
         records = write_shipped_prompts(args.write_prompts, TandemConfig.load(args.config).verifier.model)

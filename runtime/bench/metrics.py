@@ -59,6 +59,8 @@ def merge_spec_stats(stats: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         committed += int(item.get("num_committed", 0))
         _add_lists(accepted, item.get("accepted_per_depth", []))
         _add_lists(reached, item.get("reached_per_depth", []))
+    _add_lists(accepted, [0] * len(reached))  # nothing accepted that deep: the lists may differ in length
+    _add_lists(reached, [0] * len(accepted))
     return {"tau": committed / verifications if verifications else None,
             "num_verifications": verifications, "num_committed": committed,
             "accepted_per_depth": accepted, "reached_per_depth": reached,

@@ -65,7 +65,9 @@ def markdown(payload: dict[str, Any]) -> str:
     lines += [table_row(row) for row in payload["rows"]]
     if payload.get("ratios"):
         lines += ["", *(f"- {key}: {value:.3f}" for key, value in payload["ratios"].items())]
-    if payload.get("trace"):
+    if payload.get("trace") is not None and not payload["trace"]["processes"]:
+        lines += ["", "timeline: no spans were recorded (trace.json holds only process names)"]
+    elif payload.get("trace"):
         lines += ["", "timeline (trace.json, gantt.png): " + ", ".join(
             f"{name} busy {p['busy_fraction']:.2f}, wait {p['wait_ms']:.0f} ms"
             for name, p in payload["trace"]["processes"].items())]

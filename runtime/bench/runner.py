@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import json
 import logging
 import sys
 import tempfile
@@ -81,8 +83,14 @@ def run(plan: Plan, methods: list[str], settings: BenchSettings, out_dir: Path) 
             if name == BASELINE and plan.before_tandem is not None:
                 plan.before_tandem(runs[name])
         del models
+        _save_raw(runs, out_dir / "raw_runs.json")
         trace_summary = _traced_run(plan, settings, Path(tmp), out_dir) if plan.trace_drafter else None
     return payload(plan, settings, runs, trace_summary)
+
+
+def _save_raw(runs: dict[str, MethodRun], path: Path) -> None:
+    """Every request's tokens, time and stats, before any arithmetic (so nothing measured is lost)."""
+    path.write_text(json.dumps({name: dataclasses.asdict(r) for name, r in runs.items()}))
 
 
 def _run_one(plan: Plan, name: str, models: PeerModels, settings: BenchSettings, tmp: Path,

@@ -49,6 +49,14 @@ def test_merge_spec_stats_pools_counts_not_ratios() -> None:
     assert m.merge_spec_stats([])["tau"] is None
 
 
+def test_merge_spec_stats_with_shorter_accepted_lists() -> None:
+    # the runtime's accepted list only grows as deep as something was accepted
+    merged = m.merge_spec_stats([{"num_verifications": 2, "num_committed": 3, "accepted_per_depth": [1],
+                                  "reached_per_depth": [2, 2, 1]}])
+    assert merged["accepted_per_depth"] == [1, 0, 0]
+    assert merged["acceptance_per_depth"] == pytest.approx([0.5, 0.0, 0.0])
+
+
 def test_union_and_busy_fraction() -> None:
     spans = [(0.0, 10.0), (5.0, 15.0), (20.0, 30.0), (22.0, 25.0)]  # union = 15 + 10
     assert m.union_length(spans) == pytest.approx(25.0)
