@@ -73,6 +73,7 @@ def run_peer(name: str, models: PeerModels, settings: BenchSettings, cores: list
     with pinned(cores, len(cores)), ProcessSampler({"bench": os.getpid()}) as sampler:
         hf_generate(models, settings.prompts[0], settings, settings.warmup_tokens, extra)
         on_request()
+        sampler.start_cpu_window()
         for _ in range(settings.repeats):
             records = []
             for prompt in settings.prompts:

@@ -28,7 +28,9 @@ def method_row(run: MethodRun, base_rate: float | None, base_1core_rate: float |
     records = run.requests
     rate = rate_of(run)
     spec = m.merge_spec_stats(r.stats for r in records if r.stats)
-    metrics = run.metrics
+    has_drafter = "drafter" in run.placement or run.kind == "peer"
+    metrics = run.metrics if has_drafter else {k: v for k, v in run.metrics.items()
+                                               if k != "reroot_hit_rate" and not k.startswith("drafter")}
     verifications = int(metrics.get("num_verifications", spec["num_verifications"]) or 0)
     drafter_steps = metrics.get("drafter_steps")
     row: dict[str, Any] = {

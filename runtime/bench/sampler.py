@@ -24,11 +24,15 @@ class ProcessSampler:
         self._started = 0.0
 
     def __enter__(self) -> ProcessSampler:
-        self._cpu_start = {name: self._cpu_s(p) for name, p in self.processes.items()}
-        self._started = time.monotonic()
+        self.start_cpu_window()
         self._sample()
         self._thread.start()
         return self
+
+    def start_cpu_window(self) -> None:
+        """CPU use is measured from here (after a warm-up) to the end; peak RSS over the whole block."""
+        self._cpu_start = {name: self._cpu_s(p) for name, p in self.processes.items()}
+        self._started = time.monotonic()
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()

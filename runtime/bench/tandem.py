@@ -102,6 +102,7 @@ def run_tandem(name: str, config_path: Path, settings: BenchSettings, on_request
         with Client(address, timeout_s=CLIENT_TIMEOUT_S) as client, ProcessSampler(pids) as sampler:
             _generate(client, settings.prompts[0], settings, settings.warmup_tokens)
             on_request()
+            sampler.start_cpu_window()
             for _ in range(settings.repeats):
                 records = []
                 for prompt in settings.prompts:

@@ -88,3 +88,13 @@ def test_plots_are_pngs(tmp_path: Path) -> None:
     paths = plot_all(_table(), tmp_path, "test")
     assert [p.name for p in paths] == ["speedup.png", "acceptance.png", "utilisation.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_drafter_columns_are_empty_without_a_drafter() -> None:
+    off = MethodRun("tandem-off", "tandem", {"verifier": {"device": "cpu", "cores": [1], "threads": 1}},
+                    [[RequestRecord([1] * 4, 0.1, {"num_verifications": 4, "num_committed": 4})]],
+                    metrics={"verifier_busy_fraction": 0.8, "reroot_hit_rate": 0.0, "drafter_background_steps": 0,
+                             "num_verifications": 5})
+    row = rows.method_row(off, 10.0, None, None)
+    assert (row["reroot_hit_rate"], row["background_steps_per_verification"]) == (None, None)
+    assert row["verifier_busy_fraction"] == 0.8 and row["tau"] == pytest.approx(1.0) and row["lossless"] is None
