@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("method", "cores / threads", "tokens/s", "ms/token p50 (p90)", "speedup", "speedup vs 1 core", "τ",
-           "verifier busy", "re-root hits", "drafter steps / verif.", "peak RSS MB", "= reference")
+           "verifier busy", "re-root hits", "drafter steps / verif.", "peak RSS MB (c+v+d)", "= reference")
 
 
 def _num(value: float | None, fmt: str = "{:.2f}", suffix: str = "") -> str:
@@ -66,7 +66,7 @@ def markdown(payload: dict[str, Any]) -> str:
     if payload.get("ratios"):
         lines += ["", *(f"- {key}: {value:.3f}" for key, value in payload["ratios"].items())]
     if payload.get("trace") is not None and not payload["trace"]["processes"]:
-        lines += ["", "timeline: no spans were recorded (trace.json holds only process names)"]
+        lines += ["", "timeline: no spans were recorded (do the processes call protocol.trace?)"]
     elif payload.get("trace"):
         lines += ["", "timeline (trace.json, gantt.png): " + ", ".join(
             f"{name} busy {p['busy_fraction']:.2f}, wait {p['wait_ms']:.0f} ms"
