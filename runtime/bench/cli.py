@@ -42,9 +42,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--draft", default="models/demo/draft", help="small LM: the `model` drafter and HF's assistant")
     p.add_argument("--out", default="bench_out", help="output folder")
     p.add_argument("--trace", action="store_true", help="one extra traced async run: trace.json + gantt.png")
+    p.add_argument("--trace-window-ms", type=float, default=300.0,
+                   help="the Gantt shows the middle this-many ms of the trace (0 = all of it)")
     p.add_argument("--scale", action="store_true", help="random-weight target of a realistic shape + oracle")
     p.add_argument("--scale-shape", help="layers,hidden,heads,kv_heads,intermediate,vocab "
                    "(default: Llama-3-8B-like on GPU, 8,1024,16,4,3584,32000 on CPU)")
+    p.add_argument("--scale-dtype", choices=("float32", "bfloat16", "float16"),
+                   help="dtype of the random target (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--scale-prompt-tokens", type=int, default=64, help="length of scale mode's random prompts")
     p.add_argument("--scale-dir", default=str(scale.CACHE_DIR), help="where random targets are cached")
     p.add_argument("--oracle-accept-prob", type=float, default=0.8)
@@ -101,7 +105,7 @@ def _plan(args: argparse.Namespace, config: TandemConfig, data: dict[str, Any], 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
              "float16": torch.float16}[data["verifier"].get("dtype", "float32")]
     return Plan(config_path=args.config, base=data, dtype=dtype, device=device, cores=deployment_cores(config),
-                one_core=one_core(config), **fields)
+                one_core=one_core(config), trace_window_ms=args.trace_window_ms or None, **fields)
 
 
 def demo_plan(args: argparse.Namespace) -> tuple[Plan, BenchSettings]:
@@ -133,8 +137,8 @@ def scale_plan(args: argparse.Namespace) -> tuple[Plan, BenchSettings]:
     device = data["verifier"].get("device", "cpu")
     shape = scale.TargetShape(*(int(x) for x in args.scale_shape.split(","))) if args.scale_shape \
         else scale.default_shape(device)
-    dtype_name = scale.default_dtype(device)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+    dtype_name = args.scale_dtype or scale.default_dtype(device)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
     target = scale.build_target(shape, dtype, device, Path(args.scale_dir))
     data["verifier"].update(model=str(target), dtype=dtype_name)
     out = Path(args.out)

@@ -47,6 +47,7 @@ def method_row(run: MethodRun, base_rate: float | None, base_1core_rate: float |
         "drafter_steps_per_verification": m.per_verification(drafter_steps, verifications),
         "background_steps_per_verification": m.per_verification(metrics.get("drafter_background_steps"),
                                                                 verifications),
+        "draft_tokens_per_verification": m.per_verification(metrics.get("num_draft_tokens"), verifications),
         "peak_rss_mb": run.peak_rss_mb, "cpu_util": run.cpu_util,
         "lossless": None if reference is None else run.outputs == reference,
     }

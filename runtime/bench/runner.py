@@ -60,6 +60,7 @@ class Plan:
     one_core: list[int]
     label: str
     trace_drafter: str | None = None  # --trace: drafter of the extra async run that is traced
+    trace_window_ms: float | None = 300.0  # the Gantt's window (middle of the trace); None = all of it
     before_tandem: Callable[[MethodRun], None] | None = None  # scale mode writes the oracle's references
     notes: list[str] = field(default_factory=list)
 
@@ -83,9 +84,21 @@ def run(plan: Plan, methods: list[str], settings: BenchSettings, out_dir: Path) 
             if name == BASELINE and plan.before_tandem is not None:
                 plan.before_tandem(runs[name])
         del models
+        _free_accelerator_memory()
         _save_raw(runs, out_dir / "raw_runs.json")
         trace_summary = _traced_run(plan, settings, Path(tmp), out_dir) if plan.trace_drafter else None
     return payload(plan, settings, runs, trace_summary)
+
+
+def _free_accelerator_memory() -> None:
+    """The peers' models are gone: give their GPU memory back before the deployments load theirs."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _save_raw(runs: dict[str, MethodRun], path: Path) -> None:
@@ -119,7 +132,7 @@ def _traced_run(plan: Plan, settings: BenchSettings, tmp: Path, out_dir: Path) -
     tandem.run_tandem(name, path, BenchSettings(**{**settings.__dict__, "repeats": 1}), lambda: None, spans_dir)
     events = trace.merge(spans_dir, out_dir / "trace.json")
     if trace.spans(events):
-        trace.gantt(events, out_dir / "gantt.png")
+        trace.gantt(events, out_dir / "gantt.png", plan.trace_window_ms)
     else:
         log.warning("no spans were recorded in %s: do the processes call protocol.trace?", spans_dir)
     return trace.summary(events, trace.middle_window(events, None))
