@@ -104,6 +104,7 @@ def build_oracle(section: DrafterConfig, target_dir: str) -> Any:
 
     config = json.loads((Path(target_dir) / "config.json").read_text())
     vocab_size = int(config.get("text_config", config)["vocab_size"])
-    assert section.oracle_reference is not None  # DrafterConfig requires it for kind oracle
+    if section.oracle_reference is None:
+        raise ValueError("drafter.oracle_reference is required for kind 'oracle'")
     return OracleDrafter.from_file(section.oracle_reference, vocab_size, section.oracle_accept_prob,
                                    section.oracle_seed, section.oracle_step_ms)

@@ -86,7 +86,9 @@ def run(plan: Plan, methods: list[str], settings: BenchSettings, out_dir: Path) 
         del models
         _free_accelerator_memory()
         _save_raw(runs, out_dir / "raw_runs.json")
-        trace_summary = _traced_run(plan, settings, Path(tmp), out_dir) if plan.trace_drafter else None
+        trace_summary = None
+        if plan.trace_drafter is not None:
+            trace_summary = _traced_run(plan, plan.trace_drafter, settings, Path(tmp), out_dir)
     return payload(plan, settings, runs, trace_summary)
 
 
@@ -121,10 +123,8 @@ def _run_one(plan: Plan, name: str, models: PeerModels, settings: BenchSettings,
         return MethodRun(name, "tandem", {}, error=f"{type(exc).__name__}: {exc}")
 
 
-def _traced_run(plan: Plan, settings: BenchSettings, tmp: Path, out_dir: Path) -> dict[str, Any]:
+def _traced_run(plan: Plan, kind: str, settings: BenchSettings, tmp: Path, out_dir: Path) -> dict[str, Any]:
     """One extra async run with timeline spans on (not a table row: tracing costs time)."""
-    kind = plan.trace_drafter
-    assert kind is not None
     name = tandem.method_name("async", kind)
     path = tandem.write_variant(plan.base, tmp, f"{name}-traced", "async",
                                 tandem.drafter_section(plan.base, kind, plan.drafters[kind]), settings.max_new_tokens)

@@ -86,28 +86,28 @@ class OracleSession(DraftSession):
         self.reference = oracle.find(self.committed_ids)
 
     def grow(self) -> bool:
-        if self.reference is None:
+        reference = self.reference
+        if reference is None:
             return False
         k = self.config.top_k
         levels = self.tree.max_depth
         position = len(self.committed_ids) + levels  # sequence position of the new level's tokens
         if (levels >= self.config.living_depth or self.tree.num_nodes + k > self.config.living_cap
-                or position >= len(self.oracle.references[self.reference])):
+                or position >= len(self.oracle.references[reference])):
             return False
         if self.oracle.step_ms:
             time.sleep(self.oracle.step_ms / 1000.0)
-        tokens = self.oracle.proposals(self.reference, position, k)
+        tokens = self.oracle.proposals(reference, position, k)
         probs = [MAIN_PROB] + [(1 - MAIN_PROB) / max(len(tokens) - 1, 1)] * (len(tokens) - 1)
-        parent = self._main_leaf(levels)
+        parent = self._main_leaf(reference, levels)
         self.tree = self.tree.add(torch.full((len(tokens),), parent), torch.tensor(tokens), torch.tensor(probs))
         return True
 
-    def _main_leaf(self, levels: int) -> int:
+    def _main_leaf(self, reference: int, levels: int) -> int:
         """Index of the main proposal at the deepest level (ROOT for an empty tree)."""
         if levels == 0:
             return ROOT
-        assert self.reference is not None
-        main = self.oracle.proposals(self.reference, len(self.committed_ids) + levels - 1, 1)[0]
+        main = self.oracle.proposals(reference, len(self.committed_ids) + levels - 1, 1)[0]
         deepest = (self.tree.depths == levels) & (self.tree.token_ids == main)
         return int(torch.nonzero(deepest).flatten()[0])
 
