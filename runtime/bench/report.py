@@ -63,6 +63,8 @@ def markdown(payload: dict[str, Any]) -> str:
              "= reference: output equals hf-generate's (greedy) or tandem-off's (sampled, same seed)", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += [table_row(row) for row in payload["rows"]]
+    if payload.get("notes"):
+        lines += ["", *(f"note: {note}" for note in payload["notes"])]
     if payload.get("ratios"):
         lines += ["", *(f"- {key}: {value:.3f}" for key, value in payload["ratios"].items())]
     if payload.get("trace") is not None and not payload["trace"]["processes"]:

@@ -129,7 +129,7 @@ def _traced_run(plan: Plan, kind: str, settings: BenchSettings, tmp: Path, out_d
     path = tandem.write_variant(plan.base, tmp, f"{name}-traced", "async",
                                 tandem.drafter_section(plan.base, kind, plan.drafters[kind]), settings.max_new_tokens)
     spans_dir = out_dir / "trace_spans"
-    tandem.run_tandem(name, path, BenchSettings(**{**settings.__dict__, "repeats": 1}), lambda: None, spans_dir)
+    tandem.run_tandem(name, path, dataclasses.replace(settings, repeats=1), lambda: None, spans_dir)
     events = trace.merge(spans_dir, out_dir / "trace.json")
     if trace.spans(events):
         trace.gantt(events, out_dir / "gantt.png", plan.trace_window_ms)
@@ -152,7 +152,11 @@ def payload(plan: Plan, settings: BenchSettings, runs: dict[str, MethodRun],
         else:  # sampled: Tandem's seeded draw gives the same tokens whatever the drafter or mode
             reference = off.outputs if off and not off.error and method_run.kind == "tandem" else None
         table.append(rows.method_row(method_run, base_rate, base_1_rate, reference))
-    return {"label": plan.label, "machine": machine_info(), "notes": plan.notes,
+    notes = list(plan.notes)
+    if base_rate and base_1_rate and base_1_rate > base_rate:
+        notes.append(f"hf-generate was faster on 1 core than on {len(plan.cores)} ({base_1_rate:.1f} vs "
+                     f"{base_rate:.1f} tokens/s; threads contending on a busy machine?): read the 1-core speedups too")
+    return {"label": plan.label, "machine": machine_info(), "notes": notes,
             "settings": {"config": plan.config_path, "num_prompts": len(settings.prompts),
                          "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
                          "seed": settings.seed, "repeats": settings.repeats, "device": plan.device,

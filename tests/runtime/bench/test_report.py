@@ -64,7 +64,7 @@ def test_ratios_pair_async_with_sync_of_the_same_drafter() -> None:
 
 
 def _payload() -> dict[str, Any]:
-    return {"label": "test bench", "notes": [],
+    return {"label": "test bench", "notes": ["scale mode: random-weight target"],
             "machine": {"cpu_model": "Test CPU", "num_cores": 2, "gpus": [], "platform": "Linux", "torch": "2",
                         "transformers": "5"},
             "settings": {"config": "configs/demo.yaml", "num_prompts": 2, "max_new_tokens": 10, "temperature": 0.0,
@@ -82,6 +82,7 @@ def test_json_and_markdown_hold_every_method(tmp_path: Path) -> None:
     assert "| tandem-async-falcon | v 1 / 1 + d 0 / 1 | 40.0 |" in text
     assert "| 0,1 / 2 |" in text and "failed: TandemError: not ready" in text
     assert "async_over_sync_falcon: 1.100" in text and "Test CPU" in text
+    assert "note: scale mode: random-weight target" in text
 
 
 def test_plots_are_pngs(tmp_path: Path) -> None:
