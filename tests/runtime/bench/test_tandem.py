@@ -50,3 +50,21 @@ def test_off_variant_has_no_drafter(tmp_path: Path) -> None:
     base = tandem.base_data(str(REPO_ROOT / "configs" / "demo.yaml"))
     config = TandemConfig.load(tandem.write_variant(base, tmp_path, "tandem-off", "off", None, 16))
     assert config.drafter is None and not config.uses_drafter
+
+
+def test_tracing_sets_the_folder_for_child_processes_and_restores_it(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from protocol.trace import ENV_VAR
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with tandem.tracing(tmp_path):
+        assert os.environ[ENV_VAR] == str(tmp_path)
+    assert ENV_VAR not in os.environ
+    monkeypatch.setenv(ENV_VAR, "/elsewhere")
+    with tandem.tracing(None):
+        assert os.environ[ENV_VAR] == "/elsewhere"
+    with tandem.tracing(tmp_path):
+        assert os.environ[ENV_VAR] == str(tmp_path)
+    assert os.environ[ENV_VAR] == "/elsewhere"
