@@ -91,6 +91,8 @@ def build_drafter(section: DrafterConfig, target_dir: str) -> tuple[Any, int, in
 
     if section.kind == "ngram":
         return NgramDrafter(section.max_ngram, section.min_ngram), 0, 0
+    if section.kind == "oracle":
+        return build_oracle(section, target_dir), 0, 0
     if section.model is None:
         raise ValueError(f"drafter.model is required for kind {section.kind!r}")
     if section.kind == "model":
@@ -99,3 +101,15 @@ def build_drafter(section: DrafterConfig, target_dir: str) -> tuple[Any, int, in
         return model_drafter, model_drafter.vocab_size, 0
     falcon = FalconDrafter.from_pretrained(section.model, target_dir, section.device, section.torch_dtype)
     return falcon, falcon.model.config.vocab_size, falcon.model.config.hidden_size
+
+
+def build_oracle(section: DrafterConfig, target_dir: str) -> Any:
+    """The benchmark-only oracle drafter (scale mode), sized to the target's vocabulary."""
+    from workers.drafters.oracle import OracleDrafter
+
+    config = json.loads((Path(target_dir) / "config.json").read_text())
+    vocab_size = int(config.get("text_config", config)["vocab_size"])
+    if section.oracle_reference is None:
+        raise ValueError("drafter.oracle_reference is required for kind 'oracle'")
+    return OracleDrafter.from_file(section.oracle_reference, vocab_size, section.oracle_accept_prob,
+                                   section.oracle_seed, section.oracle_step_ms)

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 DTYPES = ("float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-DRAFTER_KINDS = ("falcon", "model", "ngram")
+DRAFTER_KINDS = ("falcon", "model", "ngram", "oracle")  # oracle: benchmark only (scale mode)
+MODEL_FREE_KINDS = ("ngram", "oracle")
 SPECULATION_MODES = ("async", "sync", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 FALLBACK_MAX_NEW_TOKENS = 128  # a request's default when limits.default_max_new_tokens is null
@@ -162,7 +163,8 @@ class VerifierConfig(_Placement):
 
 @dataclass(frozen=True, kw_only=True)
 class DrafterConfig(_Placement):
-    """The drafter's process: `model` is required for kinds falcon and model, and refused for ngram."""
+    """The drafter's process: `model` is required for kinds falcon and model, and refused for ngram and
+    oracle (benchmark only: workers/drafters/oracle.py, which needs `oracle_reference`)."""
 
     SECTION: ClassVar[str] = "drafter"
 
@@ -170,12 +172,16 @@ class DrafterConfig(_Placement):
     model: str | None = None
     max_ngram: int = 3  # ngram only: longest suffix matched against the request's tokens
     min_ngram: int = 1  # ngram only: shortest suffix tried
+    oracle_reference: str | None = None  # oracle only: JSON list of prompt + greedy continuation token ids
+    oracle_accept_prob: float = 0.8  # oracle only: chance that a main proposal is the target's token
+    oracle_step_ms: float = 0.0  # oracle only: simulated cost of one drafter step
+    oracle_seed: int = 0  # oracle only: which proposals are right, reproducibly
 
     def __post_init__(self) -> None:
         check_choice("drafter.kind", self.kind, DRAFTER_KINDS)
-        if self.kind == "ngram" and self.model is not None:
-            raise ConfigError(f"drafter.model must be absent or null for kind 'ngram', got {self.model!r}")
-        if self.kind != "ngram" and self.model is None:
+        if self.kind in MODEL_FREE_KINDS and self.model is not None:
+            raise ConfigError(f"drafter.model must be absent or null for kind {self.kind!r}, got {self.model!r}")
+        if self.kind not in MODEL_FREE_KINDS and self.model is None:
             raise ConfigError(f"drafter.model is required for kind {self.kind!r}")
         self._check_placement()
         check_int("drafter.max_ngram", self.max_ngram, 1)
@@ -183,6 +189,18 @@ class DrafterConfig(_Placement):
         if self.min_ngram > self.max_ngram:
             raise ConfigError(f"drafter.min_ngram must be <= drafter.max_ngram ({self.max_ngram}), "
                               f"got {self.min_ngram}")
+        self._check_oracle()
+
+    def _check_oracle(self) -> None:
+        if self.kind == "oracle":
+            check_str("drafter.oracle_reference", self.oracle_reference)
+        prob = self.oracle_accept_prob
+        if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 <= prob <= 1:
+            raise ConfigError(f"drafter.oracle_accept_prob must be a number in [0, 1], got {prob!r}")
+        step = self.oracle_step_ms
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 <= step < math.inf:
+            raise ConfigError(f"drafter.oracle_step_ms must be a finite number >= 0, got {step!r}")
+        check_int("drafter.oracle_seed", self.oracle_seed, 0)
 
 
 def _default_tree() -> TreeConfig:

@@ -1,0 +1,85 @@
+"""The benchmark's outputs: results.json, a markdown table (printed and results.md), PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("method", "cores / threads", "tokens/s", "ms/token p50 (p90)", "speedup", "speedup vs 1 core", "τ",
+           "verifier busy", "re-root hits", "drafter steps / verif.", "peak RSS MB (c+v+d)", "= reference")
+
+
+def _num(value: float | None, fmt: str = "{:.2f}", suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return fmt.format(value) + suffix
+
+
+def placement_text(placement: dict[str, Any]) -> str:
+    """"0,1 / 2" for a peer; "v 1 / 1 + d 0 / 1" for a deployment (cores / threads per process)."""
+    def one(p: dict[str, Any]) -> str:
+        cores = ",".join(str(c) for c in p.get("cores") or []) or "any"
+        text = f"{cores} / {p.get('threads') or 'default'}"
+        return text if p.get("device", "cpu") == "cpu" else f"{p['device']}, {text}"
+
+    if "verifier" in placement:
+        return " + ".join(f"{role[0]} {one(p)}" for role, p in placement.items())
+    return one(placement)
+
+
+def table_row(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return f"| {row['method']} | {placement_text(row['placement'])} | failed: {row['error']} |"
+    lat = row["ms_per_token"]
+    steps = row.get("drafter_steps_per_verification")
+    if steps is None and row.get("background_steps_per_verification") is not None:
+        steps_text = _num(row["background_steps_per_verification"]) + " (bg)"
+    else:
+        steps_text = _num(steps)
+    rss = "+".join(f"{v:.0f}" for v in row["peak_rss_mb"].values()) or "—"
+    lossless = {True: "yes", False: "**no**", None: "—"}[row["lossless"]]
+    cells = [row["method"], placement_text(row["placement"]), _num(row["tokens_per_s"], "{:.1f}"),
+             f"{_num(lat['p50'], '{:.1f}')} ({_num(lat['p90'], '{:.1f}')})",
+             _num(row["speedup_vs_generate"], suffix="x"), _num(row["speedup_vs_generate_1core"], suffix="x"),
+             _num(row["tau"]), _num(row["verifier_busy_fraction"]), _num(row["reroot_hit_rate"]), steps_text, rss,
+             lossless]
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    machine, settings = payload["machine"], payload["settings"]
+    gpus = ", ".join(machine.get("gpus") or []) or "no GPU"
+    sampling = "greedy" if settings["temperature"] == 0 else \
+        f"temperature {settings['temperature']}, seed {settings['seed']}"
+    lines = [f"# {payload['label']}", "",
+             f"machine: {machine['cpu_model']}, {machine['num_cores']} cores, {gpus}; {machine['platform']}; "
+             f"torch {machine['torch']}, transformers {machine['transformers']}",
+             f"config {settings['config']}; {settings['num_prompts']} prompts x {settings['max_new_tokens']} new "
+             f"tokens, {settings['repeats']} timed pass(es) after a warm-up; "
+             f"{sampling}",
+             "speedup: over hf-generate on the deployment's cores (same total cores and threads); "
+             "= reference: output equals hf-generate's (greedy) or tandem-off's (sampled, same seed)", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += [table_row(row) for row in payload["rows"]]
+    if payload.get("notes"):
+        lines += ["", *(f"note: {note}" for note in payload["notes"])]
+    if payload.get("ratios"):
+        lines += ["", *(f"- {key}: {value:.3f}" for key, value in payload["ratios"].items())]
+    if payload.get("trace") is not None and not payload["trace"]["processes"]:
+        lines += ["", "timeline: no spans were recorded (do the processes call protocol.trace?)"]
+    elif payload.get("trace"):
+        lines += ["", "timeline (trace.json, gantt.png): " + ", ".join(
+            f"{name} busy {p['busy_fraction']:.2f}, wait {p['wait_ms']:.0f} ms"
+            for name, p in payload["trace"]["processes"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def write(payload: dict[str, Any], out_dir: Path) -> str:
+    """Write results.json and results.md; return the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=2, default=str))
+    text = markdown(payload)
+    (out_dir / "results.md").write_text(text)
+    return text
