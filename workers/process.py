@@ -22,6 +22,7 @@ from protocol.trace import now_us, tracer
 from protocol.transport import DEFAULT_MAX_MESSAGE_BYTES, Endpoint, connect
 
 log = logging.getLogger(__name__)
+ZERO_COPY_BYTES = 64 * 1024
 
 
 class Handler(Protocol):
@@ -86,7 +87,9 @@ class WorkerProcess:
                     replies = self.handler.handle(message)
             for reply in replies:
                 with tracer.span(f"send {reply.TYPE}"):
-                    outbox.send_multipart(encode(reply), copy=False)
+                    frames = encode(reply)
+                    # small messages are cheaper copied than tracked for zero-copy (a GC callback each)
+                    outbox.send_multipart(frames, copy=sum(memoryview(f).nbytes for f in frames) < ZERO_COPY_BYTES)
 
     def _io_loop(self) -> None:
         identity = self.handler.worker_id.encode()

@@ -58,6 +58,7 @@ class VerifierWorker:
         self.counters = {"num_verifications": 0, "num_drafts": 0, "num_drafts_dropped": 0, "num_nodes_verified": 0,
                          "num_drafts_malformed": 0}
         self._order: list[str] = []  # round-robin order of request ids
+        self._verified_index = torch.zeros(0, dtype=torch.long)  # of the last _choose, in the held tree
 
     def hello(self) -> Hello:
         return Hello(self.worker_id, self.role, PROTOCOL_VERSION, str(self.target.device),
@@ -184,9 +185,7 @@ class VerifierWorker:
             path, bonus, hidden = verify_and_accept(self.target, request.state, epoch, request.committed[-1], tree,
                                                     request.params)
         tokens = [*tree.token_ids[path].tolist(), bonus]
-        accepted = torch.zeros(tree.num_nodes, dtype=torch.bool)
-        accepted[path] = True
-        self.acceptance[request.params.is_greedy].update(tree, accepted)
+        self._learn(request.tree, tree, tokens, request.params.is_greedy)
         is_hit = request.commit(tokens)
         features = committed_features(hidden, path) if request.want_features else None
         self.counters["num_verifications"] += 1
@@ -194,6 +193,25 @@ class VerifierWorker:
         reply = self._committed(request_id, epoch, tokens, tree.max_depth, tree.num_nodes, features, start, is_hit)
         self.cost.observe(tree.num_nodes, context, reply.compute_s)
         return reply
+
+    def _learn(self, held: DraftTree, verified: DraftTree, tokens: list[int], is_greedy: bool) -> None:
+        """Feed the acceptance estimates every verdict this verification settled, verified or not.
+
+        A held node at depth <= len(tokens) would have been accepted exactly when it lies on the path the
+        tokens spell (the target's choice at each position does not depend on the tree), so even a
+        verification of no node teaches the estimates about depth 1. Verified nodes deeper than that
+        were rejected (an ancestor was). Deeper unverified nodes are unknown and left out.
+        """
+        on_path = torch.zeros(held.num_nodes, dtype=torch.bool)
+        on_path[held.follow(tokens)] = True
+        known = held.depths <= len(tokens)
+        if verified.num_nodes:  # the verified nodes are the first ones of the held tree's best-first order
+            deeper = torch.zeros(held.num_nodes, dtype=torch.bool)
+            deeper[self._verified_index] = True
+            known |= deeper
+        index = torch.nonzero(known).flatten()
+        if index.numel():
+            self.acceptance[is_greedy].update(held.select(index), on_path[index])
 
     def _choose(self, request: VerifierRequest) -> DraftTree:
         """The prefix of the held tree (best nodes first) that maximises expected tokens per second."""
@@ -205,16 +223,18 @@ class VerifierWorker:
         if request.mode == "off" or held.num_nodes == 0 or request.max_tree_nodes == 0:
             return DraftTree.empty()
         estimates = self.acceptance[request.params.is_greedy].estimate(held)
-        ordered = held.reorder(best_first_order(estimates))
+        order = best_first_order(estimates)
+        ordered = held.reorder(order)
         limit = min(request.max_tree_nodes, ordered.num_nodes)
         if not self.cost.is_known:  # nothing measured yet: verify what the budget allows
-            return ordered.prefix(limit)
-        sorted_estimates = estimates[best_first_order(estimates)][:limit]
-        num = choose_num_nodes(sorted_estimates, self.cost.table(request.state.length)[: limit + 1])
-        if num == 0:
-            request.num_empty_choices += 1
-            if request.num_empty_choices % EXPLORE_EVERY == 0:
-                num = 1  # keep the estimates honest: a drafter that got better must be able to show it
+            num = limit
+        else:
+            num = choose_num_nodes(estimates[order][:limit], self.cost.table(request.state.length)[: limit + 1])
+            if num == 0:
+                request.num_empty_choices += 1
+                if request.num_empty_choices % EXPLORE_EVERY == 0:
+                    num = 1  # keep the estimates honest: a drafter that got better must be able to show it
+        self._verified_index = order[:num]  # held-tree indices of the verified nodes
         return ordered.prefix(num)
 
     def _committed(self, request_id: str, epoch: int, tokens: list[int], depth: int, num_nodes: int,

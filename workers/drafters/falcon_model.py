@@ -142,8 +142,8 @@ class FalconDrafterModel(nn.Module):
         return out
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[..., H] -> [..., V] with the target's LM head."""
-        return hidden @ self.lm_head_weight.T
+        """[..., H] -> [..., V] with the target's LM head (F.linear reads [V, H] as stored: `@ W.T` copied it)."""
+        return nn.functional.linear(hidden, self.lm_head_weight)
 
     def place(self, device: str | torch.device, dtype: torch.dtype) -> FalconDrafterModel:
         """Move and cast; the rotary tables are rebuilt so their frequencies stay in fp32."""
