@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(available))
         return
     methods = select_methods(args.methods, available)
+    if any(m.endswith("-useless") for m in methods):
+        random_draft(resolve_model_path(args.draft, None), Path(plan.drafters["useless"]["model"]))
     out = Path(args.out)
     result = run(plan, methods, settings, out)
     print(write_outputs(result, out))
@@ -115,7 +117,9 @@ def demo_plan(args: argparse.Namespace) -> tuple[Plan, BenchSettings]:
     falcon: str = args.falcon or (config.drafter.model if config.drafter and config.drafter.kind == "falcon"
                                   and config.drafter.model else "models/demo/falcon")
     drafters = {"falcon": {"model": resolve_model_path(falcon, None)},
-                "model": {"model": resolve_model_path(args.draft, None)}, "ngram": {}}
+                "model": {"model": resolve_model_path(args.draft, None)}, "ngram": {},
+                # the draft model's shape with random weights: what speculation costs when it never pays
+                "useless": {"kind": "model", "model": str(Path(args.out).resolve() / "useless-draft")}}
     tokenizer = load_tokenizer(config.verifier.model)
     texts = load_prompts(args.prompts or SHIPPED_PROMPTS)
     if tokenizer is None:
@@ -162,3 +166,21 @@ def scale_plan(args: argparse.Namespace) -> tuple[Plan, BenchSettings]:
 def _settings(args: argparse.Namespace, prompts: list[list[int]]) -> BenchSettings:
     return BenchSettings(prompts=prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                          seed=args.seed if args.temperature else None, repeats=args.repeats)
+
+
+def random_draft(draft_dir: str, out_dir: Path) -> Path:
+    """A randomly initialised copy of a draft model (same config and tokenizer), saved once."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not (out_dir / "config.json").exists():
+        import torch
+
+        torch.manual_seed(0)
+        auto: Any = AutoModelForCausalLM
+        auto.from_config(AutoConfig.from_pretrained(draft_dir)).save_pretrained(out_dir)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if (Path(draft_dir) / name).exists():
+                shutil.copy(Path(draft_dir) / name, out_dir / name)
+    return out_dir

@@ -20,7 +20,7 @@ from runtime.bench.records import BenchSettings, MethodRun
 
 log = logging.getLogger(__name__)
 BASELINE = "hf-generate"
-DRAFTERS = ("falcon", "model", "ngram")
+DRAFTERS = ("falcon", "model", "ngram", "useless")  # useless: the draft model with random weights
 
 
 def all_methods(drafters: tuple[str, ...], peers: tuple[str, ...], one_core: bool) -> list[str]:

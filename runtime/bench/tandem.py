@@ -57,6 +57,7 @@ def write_variant(base: dict[str, Any], out_dir: Path, name: str, mode: str, dra
     data.setdefault("speculation", {})["mode"] = mode
     if drafter is not None:
         data["drafter"] = drafter
+    data["verifier"] = with_free_cores(data["verifier"], base.get("drafter"), mode, drafter)
     data["coordinator"] = {**(data.get("coordinator") or {}), "client_address": f"tcp://127.0.0.1:{free_port()}",
                            "worker_address": f"tcp://127.0.0.1:{free_port()}"}
     limits = dict(data.get("limits") or {})
@@ -66,6 +67,18 @@ def write_variant(base: dict[str, Any], out_dir: Path, name: str, mode: str, dra
     path = out_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def with_free_cores(verifier: dict[str, Any], base_drafter: dict[str, Any] | None, mode: str,
+                    drafter: dict[str, Any] | None) -> dict[str, Any]:
+    """Placement that fits: a drafter that needs no model (ngram), or none at all (off), leaves its CPU
+    cores to the verifier, which then runs one torch thread per core it has."""
+    needs_cores = mode != "off" and drafter is not None and drafter.get("kind") != "ngram"
+    spare = (base_drafter or {}).get("cpu_affinity") or []
+    if needs_cores or not spare or verifier.get("device", "cpu") != "cpu" or not verifier.get("cpu_affinity"):
+        return verifier
+    cores = sorted(set(verifier["cpu_affinity"]) | set(spare))
+    return {**verifier, "cpu_affinity": cores, "num_threads": len(cores)}
 
 
 @contextlib.contextmanager

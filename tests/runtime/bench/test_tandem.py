@@ -50,6 +50,18 @@ def test_off_variant_has_no_drafter(tmp_path: Path) -> None:
     base = tandem.base_data(str(REPO_ROOT / "configs" / "demo.yaml"))
     config = TandemConfig.load(tandem.write_variant(base, tmp_path, "tandem-off", "off", None, 16))
     assert config.drafter is None and not config.uses_drafter
+    assert config.verifier.cpu_affinity == (0, 1) and config.verifier.num_threads == 2  # the drafter's core too
+
+
+@pytest.mark.parametrize(("kind", "mode", "cores"), [("ngram", "async", (0, 1)), ("falcon", "async", (1,)),
+                                                     ("falcon", "off", (0, 1))])
+def test_a_drafter_without_a_model_leaves_its_cores_to_the_verifier(kind: str, mode: str,
+                                                                    cores: tuple[int, ...]) -> None:
+    verifier = {"model": "m", "cpu_affinity": [1], "num_threads": 1}
+    placed = tandem.with_free_cores(verifier, {"kind": "falcon", "cpu_affinity": [0]}, mode, {"kind": kind})
+    assert tuple(placed["cpu_affinity"]) == cores and placed["num_threads"] == len(cores)
+    on_gpu = tandem.with_free_cores({**verifier, "device": "cuda:0"}, {"cpu_affinity": [0]}, "off", None)
+    assert on_gpu["cpu_affinity"] == [1]  # a GPU verifier keeps its placement
 
 
 def test_tracing_sets_the_folder_for_child_processes_and_restores_it(tmp_path: Path,
