@@ -32,6 +32,21 @@ def choose_num_nodes(estimates: Sequence[float] | torch.Tensor, costs_s: Sequenc
     return best_n
 
 
+def choose_num_expansions(values: Sequence[float] | torch.Tensor, costs_s: Sequence[float]) -> int:
+    """The drafter's step size: argmax over E >= 1 of (sum of the E first values) / costs_s[E - 1].
+
+    values: what expanding each candidate leaf is worth (its path probability), best first;
+    costs_s[E - 1]: measured seconds of a growth step that expands E leaves.
+    """
+    best_e, best_rate, total = 1, -1.0, 0.0
+    for e, value in enumerate([float(v) for v in values][: len(costs_s)], start=1):
+        total += value
+        rate = total / costs_s[e - 1]
+        if rate > best_rate:
+            best_e, best_rate = e, rate
+    return best_e
+
+
 def monotone_estimates(tree: DraftTree, estimates: torch.Tensor) -> torch.Tensor:
     """Each node's estimate capped by its ancestors' (a path is accepted only if its prefix is)."""
     if tree.num_nodes == 0:

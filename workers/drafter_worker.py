@@ -18,6 +18,7 @@ import torch
 from protocol.errors import ProtocolError, RequestError
 from protocol.messages import PROTOCOL_VERSION, Commit, Draft, Failed, Hello, Message, Open, Release
 from protocol.trace import tracer
+from workers.cost_model import VerifyCost, choose_num_expansions
 from workers.drafters.base import Drafter, DraftSession
 from workers.tree import DraftTree
 from workers.verifier_worker import fingerprint
@@ -44,6 +45,7 @@ class DrafterWorker:
         self._turn = 0
         self.compute_s = 0.0
         self.counters = {"num_drafts_sent": 0, "num_grow_steps": 0, "num_commits": 0, "num_reroot_hits": 0}
+        self.step_cost = VerifyCost(max(int(getattr(tree, "top_k", 1)), 1))  # seconds of a step by leaves expanded
 
     def hello(self) -> Hello:
         return Hello(self.worker_id, self.role, PROTOCOL_VERSION, self.device, self.info,
@@ -125,12 +127,31 @@ class DrafterWorker:
         self._turn += 1
         request_id, request = min(growable, key=lambda item: (item[1].session.tree.num_nodes, item[1].last_grown))
         request.last_grown = self._turn
-        with tracer.span("draft_step", request=request_id, nodes=request.session.tree.num_nodes):
-            request.can_grow = request.session.grow()
+        expansions = self._expansions(request.session)
+        start = time.perf_counter()
+        with tracer.span("draft_step", request=request_id, nodes=request.session.tree.num_nodes,
+                         expansions=expansions):
+            request.can_grow = request.session.grow(expansions)
         if not request.can_grow:
             return []
+        self.step_cost.observe(expansions, 1, time.perf_counter() - start)
         self.counters["num_grow_steps"] += 1
         return [self._draft(request_id, request, request.session.tree)]
+
+    def _expansions(self, session: DraftSession) -> int:
+        """How many leaves the next step expands: the most value per second of measured step time.
+
+        Every count is measured once first (a step with few expansions is cheaper on some devices and
+        not on others: measure, never assume); then each step takes the count that maximises the
+        summed path probability of the expanded leaves over the step's cost.
+        """
+        values = session.expansion_values()
+        limit = max(min(values.numel(), self.step_cost.max_nodes), 1)
+        measured = self.step_cost.cells.get(VerifyCost.band(1), {})
+        unmeasured = [e for e in range(1, limit + 1) if e not in measured]
+        if unmeasured:
+            return unmeasured[0]
+        return choose_num_expansions(values[:limit], self.step_cost.table(1)[1: limit + 1])
 
     def _draft(self, request_id: str, request: _Request, tree: DraftTree) -> Draft:
         self.counters["num_drafts_sent"] += 1

@@ -12,7 +12,8 @@ import torch
 from protocol.params import TreeConfig
 from workers.tree import ROOT, DraftTree
 
-__all__ = ["TreeConfig", "children_to_add", "pick_expansions", "rank_path_codes", "sibling_ranks"]
+__all__ = ["TreeConfig", "children_to_add", "expansion_values", "pick_expansions", "rank_path_codes",
+           "sibling_ranks"]
 
 
 def sibling_ranks(tree: DraftTree) -> torch.Tensor:
@@ -34,8 +35,9 @@ def rank_path_codes(tree: DraftTree, top_k: int) -> torch.Tensor:
     return (tree.ancestors().long() * weights * digits[None, :]).sum(dim=1)
 
 
-def pick_expansions(tree: DraftTree, config: TreeConfig) -> torch.Tensor:
-    """Nodes to expand in the next drafter step (ROOT included), best first; empty = done."""
+def pick_expansions(tree: DraftTree, config: TreeConfig, limit: int | None = None) -> torch.Tensor:
+    """Nodes to expand in the next drafter step (ROOT included), best first, at most `limit` (default
+    `top_k`); empty = done."""
     has_children = torch.zeros(tree.num_nodes, dtype=torch.bool)
     has_children[tree.parents[tree.parents >= 0]] = True
     root_open = not bool((tree.parents == ROOT).any())
@@ -51,8 +53,19 @@ def pick_expansions(tree: DraftTree, config: TreeConfig) -> torch.Tensor:
     if candidates.numel() == 0:
         return candidates
     scores = tree.path_probs()[candidates]
-    order = torch.argsort(scores, descending=True, stable=True)[: config.top_k]
+    order = torch.argsort(scores, descending=True, stable=True)[: min(limit or config.top_k, config.top_k)]
     return candidates[order]
+
+
+def expansion_values(tree: DraftTree, config: TreeConfig) -> torch.Tensor:
+    """Path probabilities of the nodes `pick_expansions` would pick, best first (the root is worth 1)."""
+    nodes = pick_expansions(tree, config)
+    if nodes.numel() == 0:
+        return torch.zeros(0)
+    probs = torch.ones(nodes.numel())
+    inner = nodes >= 0
+    probs[inner] = tree.path_probs()[nodes[inner]]
+    return probs
 
 
 def _has_static_children(codes: torch.Tensor, config: TreeConfig) -> torch.Tensor:

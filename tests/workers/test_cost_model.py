@@ -119,3 +119,14 @@ def test_every_prefix_of_a_best_first_order_is_ancestor_closed() -> None:
         for size, node in itertools.product(range(n + 1), range(n)):
             if node < size and ordered.parents[node] >= 0:
                 assert int(ordered.parents[node]) < size
+
+
+def test_drafter_step_size_trades_value_for_measured_cost() -> None:
+    from workers.cost_model import choose_num_expansions
+
+    values = [1.0, 0.5, 0.2, 0.05]
+    assert choose_num_expansions(values, [10.0, 10.0, 10.0, 10.0]) == 4  # flat cost (overhead-bound): all
+    assert choose_num_expansions(values, [10.0, 20.0, 30.0, 40.0]) == 1  # cost grows as fast as the value falls
+    assert choose_num_expansions(values, [10.0, 12.0, 20.0, 30.0]) == 2
+    brute = max(range(1, 5), key=lambda e: (sum(values[:e]) / [10.0, 12.0, 20.0, 30.0][e - 1], -e))
+    assert brute == 2

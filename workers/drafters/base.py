@@ -39,8 +39,14 @@ class DraftSession(ABC):
         return self.committed_ids[-1]
 
     @abstractmethod
-    def grow(self) -> bool:
-        """Run one drafter step on the living tree; False when it cannot grow any further."""
+    def grow(self, max_expansions: int | None = None) -> bool:
+        """Run one drafter step on the living tree, expanding at most `max_expansions` leaves (None: the
+        tree config's `top_k`); False when it cannot grow any further."""
+
+    def expansion_values(self) -> torch.Tensor:
+        """Path probabilities of the leaves the next `grow()` would expand, best first (the root counts 1):
+        what each expansion is worth. Drafters that do not expand leaves report one step worth 1."""
+        return torch.ones(1)
 
     def draft(self) -> DraftTree:
         """Sync mode: grow enough steps to reach the depth budget, then take a snapshot.

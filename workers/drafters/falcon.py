@@ -17,7 +17,7 @@ from workers.drafters.falcon_tree import COMMITTED, PLACEHOLDER, TREE_PAIR, Entr
 from workers.kv_cache import cache_length, crop, new_cache
 from workers.tree import ROOT
 from workers.tree_mask import additive_mask
-from workers.tree_policy import TreeConfig, pick_expansions
+from workers.tree_policy import TreeConfig, expansion_values, pick_expansions
 
 
 class FalconDrafter(Drafter):
@@ -74,10 +74,13 @@ class FalconSession(DraftSession):
         predicted it)."""
         return self._features
 
-    def grow(self) -> bool:
+    def expansion_values(self) -> torch.Tensor:
+        return expansion_values(self.tree, self.config)
+
+    def grow(self, max_expansions: int | None = None) -> bool:
         if len(self.committed_ids) < 2:
             return False  # no committed pair yet, so nothing predicts the root's children
-        nodes = pick_expansions(self.tree, self.config)  # [E], ROOT = the root
+        nodes = pick_expansions(self.tree, self.config, max_expansions)  # [E], ROOT = the root
         if nodes.numel() == 0:
             return False
         with torch.no_grad():

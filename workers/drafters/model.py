@@ -18,7 +18,7 @@ from workers.drafters.base import Drafter, DraftSession
 from workers.hf_model import load_causal_lm
 from workers.tree import ROOT
 from workers.tree_mask import additive_mask
-from workers.tree_policy import TreeConfig, children_to_add, pick_expansions
+from workers.tree_policy import TreeConfig, children_to_add, expansion_values, pick_expansions
 
 
 class ModelSession(DraftSession):
@@ -48,8 +48,11 @@ class ModelSession(DraftSession):
             self.node_top_probs = torch.cat([self.node_top_probs, torch.zeros(extra, k)])
             self.node_has_top = torch.cat([self.node_has_top, torch.zeros(extra, dtype=torch.bool)])
 
-    def grow(self) -> bool:
-        picked = pick_expansions(self.tree, self.config)
+    def expansion_values(self) -> torch.Tensor:
+        return expansion_values(self.tree, self.config)
+
+    def grow(self, max_expansions: int | None = None) -> bool:
+        picked = pick_expansions(self.tree, self.config, max_expansions)
         if picked.numel() == 0:
             return False
         self._align_nodes()

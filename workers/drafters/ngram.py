@@ -69,7 +69,7 @@ class NgramSession(DraftSession):
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self._is_grown = False
 
-    def grow(self) -> bool:
+    def grow(self, max_expansions: int | None = None) -> bool:
         if self._is_grown:
             return False
         self._is_grown = True

@@ -85,7 +85,7 @@ class OracleSession(DraftSession):
         self.oracle = oracle
         self.reference = oracle.find(self.committed_ids)
 
-    def grow(self) -> bool:
+    def grow(self, max_expansions: int | None = None) -> bool:
         reference = self.reference
         if reference is None:
             return False
