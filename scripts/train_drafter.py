@@ -62,8 +62,10 @@ from runtime.stopping import StopRules
 from workers.drafters.falcon import FalconDrafter
 from workers.target import TargetVerifier
 from workers.training import cli
+from workers.training.chat import set_chat_template
 from workers.training.corpus import read_corpus
 from workers.training.csgd import CSGDConfig
+from workers.training.dataset import build_stream
 from workers.training.falcon_trainer import (
     FalconBatches,
     build_drafter,
@@ -74,7 +76,8 @@ from workers.training.falcon_trainer import (
 )
 from workers.training.lm import num_parameters
 from workers.training.loop import LoopHooks, OptimConfig, TrainState, load_checkpoint, make_optimizer, train
-from workers.training.tokens import encode_stream, eval_windows
+from workers.training.precision import DTYPES, Precision, peak_memory_bytes
+from workers.training.tokens import eval_windows
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("models and data")
     data.add_argument("--target", default="models/demo/target", help="target HF checkpoint directory")
     data.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the target's)")
-    data.add_argument("--corpus", default="stdlib", help="'stdlib', a text-file directory or a JSONL file")
+    data.add_argument("--corpus", default="stdlib",
+                      help="'stdlib', a text-file directory or a JSONL file ('text' or chat 'messages' lines)")
+    data.add_argument("--chat-template", default=None, help="Jinja chat template file (default: the tokenizer's)")
     data.add_argument("--out", default="models/demo/falcon", help="output drafter directory")
     data.add_argument("--num-layers", type=int, default=2, help="drafter decoder layers")
     data.add_argument("--block-size", type=int, default=2, help="k: tokens per drafter forward")
@@ -91,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--batch-size", type=int, default=8, help="windows per step")
     data.add_argument("--save-dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     data.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    data.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (target and drafter)")
+    data.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                      help="frozen target dtype; bfloat16 also autocasts the drafter (fp32 master weights)")
     csgd = parser.add_argument_group("CSGD")
     csgd.add_argument("--feature-weight", type=float, default=1.0, help="smooth-L1 feature regression weight")
     csgd.add_argument("--distill-weight", type=float, default=1.0, help="soft cross-entropy weight")
@@ -117,8 +125,9 @@ def csgd_config(args: argparse.Namespace) -> CSGDConfig:
 
 def tau_evaluation(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
     """τ and acceptance per depth of the saved drafter, loaded the way the runtime loads it."""
-    target = TargetVerifier.from_pretrained(args.target)
-    drafter = FalconDrafter.from_pretrained(args.out, args.target)
+    dtype, device = DTYPES[args.dtype], args.device
+    target = TargetVerifier.from_pretrained(args.target, dtype=dtype, device=device)
+    drafter = FalconDrafter.from_pretrained(args.out, args.target, device=device, dtype=dtype)
     prompts = load_prompts(tokenizer, args.corpus, args.eval_prompts, args.eval_min_prompt_tokens,
                            args.eval_max_prompt_tokens, args.seed)
     rules = StopRules(max_new_tokens=args.eval_new_tokens, stop_token_ids=frozenset({tokenizer.eos_token_id}))
@@ -131,33 +140,45 @@ def main(argv: list[str] | None = None) -> None:
     cli.setup(Path(args.out).name, args.num_threads)
     wall_start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.target)
-    stream = encode_stream(tokenizer, read_corpus(args.corpus, "train"))
-    held = eval_windows(encode_stream(tokenizer, read_corpus(args.corpus, "held_out")), args.seq_len,
-                        args.eval_windows)
-    target = load_frozen_target(args.target)
-    model = build_drafter(args.target, target.config, args.num_layers, args.block_size, args.seed)
+    set_chat_template(tokenizer, args.chat_template)
+    train_stream = build_stream(tokenizer, read_corpus(args.corpus, "train"))
+    held_stream = build_stream(tokenizer, read_corpus(args.corpus, "held_out"))
+    held = eval_windows(held_stream.ids, args.seq_len, args.eval_windows)
+    held_weights = eval_windows(held_stream.position_weights, args.seq_len, args.eval_windows)
+    precision = Precision(args.device, args.dtype)
+    target = load_frozen_target(args.target, precision)
+    model = build_drafter(args.target, target.config, args.num_layers, args.block_size, args.seed, precision)
     config, csgd = cli.optim_config(args), csgd_config(args)
     optimizer = make_optimizer(model, config)
     meta = {k: v for k, v in vars(args).items() if k in _META_KEYS}
     ckpt = cli.checkpoint_path(args)
     state = load_checkpoint(ckpt, model, optimizer, meta) if args.resume and ckpt.exists() else TrainState()
-    step_fn = make_step_fn(model, target, FalconBatches(stream, args.batch_size, args.seq_len, args.seed), csgd)
+    weights = train_stream.position_weights if train_stream.is_masked else None
+    batches = FalconBatches(train_stream.ids, args.batch_size, args.seq_len, args.seed, weights)
+    step_fn = make_step_fn(model, target, batches, csgd, precision)
     if args.compile:
         step_fn = torch.compile(step_fn)
     hooks = LoopHooks(checkpoint=ckpt, checkpoint_every=args.checkpoint_every,
-                      evaluate=lambda: held_out_metrics(model, target, held, csgd), eval_every=args.eval_every,
+                      evaluate=lambda: held_out_metrics(model, target, held, csgd, weights=held_weights,
+                                                        precision=precision), eval_every=args.eval_every,
                       log_every=args.log_every, meta=meta)
+    start_step, start_s = state.step, state.elapsed_s
     state = train(model, optimizer, step_fn, config, state, hooks)
     save_drafter(model, args.out, args.save_dtype)
+    run_s = max(state.elapsed_s - start_s, 1e-9)
     report: dict[str, Any] = {
         "parameters": num_parameters(model), "tokens_seen": state.tokens_seen, "steps": state.step,
-        "train_s": round(state.elapsed_s, 1), "held_out": _last_eval(state), "args": vars(args),
-        "history": state.history}
+        "train_s": round(state.elapsed_s, 1), "held_out": _last_eval(state),
+        "tokens_per_s": round((state.step - start_step) * args.batch_size * args.seq_len / run_s, 1),
+        "peak_memory_mb": round(peak_memory_bytes(args.device) / 2**20, 1),
+        "trained_position_share": round(float(train_stream.position_weights.float().mean()), 4),
+        "args": vars(args), "history": state.history}
     if args.eval_prompts:
         report["tau_eval"] = tau_evaluation(args, tokenizer)
     report["wall_s_this_run"] = round(time.perf_counter() - wall_start, 1)
     (Path(args.out) / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    summary = {k: report.get(k) for k in ("parameters", "tokens_seen", "train_s", "held_out")}
+    summary = {k: report.get(k) for k in ("parameters", "tokens_seen", "train_s", "tokens_per_s", "peak_memory_mb",
+                                          "held_out")}
     if "tau_eval" in report:
         summary["tau"] = report["tau_eval"]["tau"]
         summary["acceptance_per_depth"] = report["tau_eval"]["acceptance_per_depth"]
@@ -165,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(summary))
 
 
-_META_KEYS = ("target", "corpus", "num_layers", "block_size", "seq_len", "batch_size", "lr", "min_lr_ratio",
-              "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "feature_weight",
+_META_KEYS = ("target", "corpus", "chat_template", "num_layers", "block_size", "seq_len", "batch_size", "lr",
+              "min_lr_ratio", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "feature_weight",
               "distill_weight", "glance_ratio", "no_glance", "smooth_l1_beta", "seed")
 
 
