@@ -3,7 +3,8 @@ marks the assistant replies, the only tokens a drafter trained on chat data lear
 
 How replies are found: for assistant turn i the template renders messages[:i] with the generation prompt
 and messages[:i+1] without it; both renderings must be prefixes of the whole conversation's, and the reply
-is the text between them (the content plus whatever end-of-turn marker the template writes after it). The
+is the text between them less trailing whitespace: the content plus the end-of-turn marker the template
+writes after it (ChatML's "<|im_end|>", Llama 3's "<|eot_id|>"), i.e. what the model generates. The
 rendering is then tokenized piece by piece, prompt pieces and reply pieces separately, as at inference
 (the prompt is tokenized, the reply is generated after it), so the mask is exact by construction.
 """
@@ -49,7 +50,7 @@ def reply_spans(tokenizer: Any, messages: Sequence[Message], name: str = "?") ->
             raise ValueError(f"chat record {name}: the template's rendering of the first {i} turns is not a prefix "
                              "of the whole conversation's (it rewrites earlier turns), so assistant replies cannot "
                              "be located; use a template that renders turns append-only (--chat-template FILE)")
-        spans.append((len(prompt), len(upto)))
+        spans.append((len(prompt), len(upto.rstrip())))
     return full, spans
 
 
