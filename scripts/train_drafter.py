@@ -1,16 +1,24 @@
-"""Train a Falcon drafter for a Llama-family HF target on a local corpus with Coupled Sequential Glancing
-Distillation (DESIGN.md §7; the method is described in workers/training/csgd.py).
+"""Train a Falcon drafter for a Llama- or Qwen2-family HF target on a local corpus with Coupled Sequential
+Glancing Distillation (DESIGN.md §7; the method is described in workers/training/csgd.py).
 
 The target is frozen; its features and next-token distributions are computed on the fly (no grad).
+Chat data (JSONL lines `{"messages": [{"role": ..., "content": ...}, ...]}`) is rendered with the
+tokenizer's chat template and only the assistant replies are trained on (content + end-of-turn token;
+located by rendering the conversation prefix by prefix, see workers/training/chat.py).
+Precision (workers/training/precision.py): the target is stored and run in `--dtype`; the drafter keeps
+fp32 master weights and AdamW state, and with bfloat16 runs its forward/backward under torch.autocast.
 At the end the drafter is saved and evaluated on held-out prompts with the runtime's own loop
 (runtime.generate.speculative_generate, FalconDrafter, TreeConfig): τ and acceptance per depth at
 temperature 0.
 
 | flag | default | meaning |
 |---|---|---|
-| `--target` | `models/demo/target` | target HF checkpoint directory (Llama family) |
+| `--target` | `models/demo/target` | target HF checkpoint directory (Llama or Qwen2 family) |
 | `--tokenizer` | the target dir | tokenizer directory |
-| `--corpus` | `stdlib` | `stdlib`, a directory of text files, or a JSONL file ("text" field); training split only |
+| `--corpus` | `stdlib` | `stdlib`, a directory of text files, or a JSONL file ("text" or chat "messages" per line) |
+| `--chat-template` | the tokenizer's | Jinja chat template file, for a tokenizer without one (needed for chat data) |
+| `--device` | `cpu` | `cpu`, `cuda` or `cuda:N`: where the target and the drafter run |
+| `--dtype` | `float32` | target dtype (`float32`, `bfloat16`, `float16`); `bfloat16` also autocasts the drafter |
 | `--out` | `models/demo/falcon` | output directory (falcon_config.json + model.safetensors) |
 | `--num-layers` | 2 | drafter decoder layers |
 | `--block-size` | 2 | k: tokens predicted per drafter forward |
@@ -43,7 +51,16 @@ temperature 0.
 | `--resume` | off | continue from `--checkpoint` (same data and glancing per step) |
 | `--num-threads` | 2 | torch intra-op threads |
 
-Writes `training_report.json` (parameters, tokens seen, time, held-out metrics, τ) next to the weights.
+Writes `training_report.json` (parameters, tokens seen, time, tokens/s, peak memory — CUDA allocated on a
+GPU, peak RSS on CPU — held-out metrics, τ) next to the weights.
+
+A real target on one GPU (e.g. Llama-3.1-8B-Instruct, Qwen2.5-7B-Instruct; memory and time projections in
+models/demo/README.md, "Training a drafter for a real target"):
+
+    python scripts/train_drafter.py --target /ckpt/Llama-3.1-8B-Instruct --corpus chat.jsonl \
+        --out models/falcon-llama31-8b --device cuda --dtype bfloat16 --seq-len 1024 --batch-size 2 \
+        --steps 50000 --lr 5e-4 --warmup-steps 1000 --eval-every 2500 --checkpoint-every 1000 \
+        --save-dtype bfloat16
 """
 
 from __future__ import annotations
@@ -162,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
                       evaluate=lambda: held_out_metrics(model, target, held, csgd, weights=held_weights,
                                                         precision=precision), eval_every=args.eval_every,
                       log_every=args.log_every, meta=meta)
-    start_step, start_s = state.step, state.elapsed_s
+    start_step, start_s, loaded_bytes = state.step, state.elapsed_s, peak_memory_bytes(args.device)
     state = train(model, optimizer, step_fn, config, state, hooks)
     save_drafter(model, args.out, args.save_dtype)
     run_s = max(state.elapsed_s - start_s, 1e-9)
@@ -171,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_s": round(state.elapsed_s, 1), "held_out": _last_eval(state),
         "tokens_per_s": round((state.step - start_step) * args.batch_size * args.seq_len / run_s, 1),
         "peak_memory_mb": round(peak_memory_bytes(args.device) / 2**20, 1),
+        "peak_memory_before_training_mb": round(loaded_bytes / 2**20, 1),
         "trained_position_share": round(float(train_stream.position_weights.float().mean()), 4),
         "args": vars(args), "history": state.history}
     if args.eval_prompts:
