@@ -37,10 +37,11 @@ def build_drafter(target_dir: str | Path, target_config: Any, num_layers: int, b
     Qwen2's attention biases and rope scaling are the target's own, the drafter needs neither)."""
     config = FalconConfig.from_target_config(target_config, num_layers=num_layers, block_size=block_size)
     embed, lm_head = load_target_head(target_dir)
+    # frozen, so held in the compute dtype (no fp32 master copy); a tied head stays one tensor
+    head = embed.to(precision.device, precision.head_dtype)
+    out = head if lm_head is embed else lm_head.to(precision.device, precision.head_dtype)
     torch.manual_seed(seed)
-    model = FalconDrafterModel(config, embed.float(), lm_head.float()).place(precision.device, torch.float32)
-    model.embed_weight = model.embed_weight.to(precision.head_dtype)  # frozen: no fp32 master copy needed
-    model.lm_head_weight = model.lm_head_weight.to(precision.head_dtype)
+    model = FalconDrafterModel(config, head, out).to(precision.device)  # own weights: fp32 master copies
     return model.train()
 
 
@@ -92,11 +93,11 @@ def held_out_metrics(model: FalconDrafterModel, target: Any, windows: torch.Tens
                        config.smooth_l1_beta)
     values: dict[str, list[float]] = {}
     for start in range(0, windows.shape[0], batch_size):  # a few batches
-        chunk = windows[start:start + batch_size].to(precision.device)
         chunk_weights = None if weights is None else weights[start:start + batch_size]
+        if chunk_weights is not None and not bool(chunk_weights[:, 1:].any()):
+            continue  # no row of this batch is trained on (e.g. only user turns); rows use positions 1..L-1
+        chunk = windows[start:start + batch_size].to(precision.device)
         targets = Targets.of(target, chunk, chunk_weights)
-        if not bool(targets.per_row(layout).row_weights(layout).any()):
-            continue  # nothing trained on in this batch (e.g. only user turns)
         with precision.autocast():
             out = csgd_loss(model, chunk, targets, layout, plain, torch.Generator())
         batch = {"loss": float(out.loss), "feature_loss": out.feature_loss, "distill_loss": out.distill_loss,

@@ -60,6 +60,7 @@ def test_qwen2_head_is_the_targets(tmp_path: Path, tie: bool) -> None:
     assert target.config.model_type == "qwen2" and target.model.layers[0].self_attn.q_proj.bias is not None
     assert torch.equal(model.embed_weight, target.model.embed_tokens.weight)
     assert torch.equal(model.lm_head_weight, target.lm_head.weight)
+    assert (model.lm_head_weight.data_ptr() == model.embed_weight.data_ptr()) == tie  # a tied head is one tensor
     assert (model.config.hidden_size, model.config.num_kv_heads) == (64, 2)
     assert model.config.rope_theta == target.config.rope_parameters["rope_theta"]
 
