@@ -115,6 +115,9 @@ def test_chat_training_weights_only_positions_before_assistant_tokens(tmp_path: 
     model = build_drafter(target_dir, target.config, num_layers=1, block_size=2, seed=0)
     losses = train_steps(model, make_step_fn(model, target, batches, CSGDConfig()), 3)
     assert all(torch.isfinite(torch.tensor(losses)))
+    held = held_out_metrics(model, target, windows, CSGDConfig(), weights=weights)
+    assert set(held) == {"loss", "feature_loss", "distill_loss", "acc_d1", "acc_d2"}
+    assert held_out_metrics(model, target, windows, CSGDConfig(), weights=torch.zeros_like(weights)) == {}
 
 
 def test_bf16_mixed_precision_keeps_fp32_master_weights(tmp_path: Path) -> None:
