@@ -152,6 +152,13 @@ def tau_evaluation(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
     return evaluate(target, drafter, prompts, rules, parse_tree(args.eval_tree), reference)
 
 
+def held_out_windows(args: argparse.Namespace, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """[W, seq_len] held-out windows and their position weights (which predictions count)."""
+    stream = build_stream(tokenizer, read_corpus(args.corpus, "held_out"))
+    return (eval_windows(stream.ids, args.seq_len, args.eval_windows),
+            eval_windows(stream.position_weights, args.seq_len, args.eval_windows))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     cli.setup(Path(args.out).name, args.num_threads)
@@ -159,9 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.target)
     set_chat_template(tokenizer, args.chat_template)
     train_stream = build_stream(tokenizer, read_corpus(args.corpus, "train"))
-    held_stream = build_stream(tokenizer, read_corpus(args.corpus, "held_out"))
-    held = eval_windows(held_stream.ids, args.seq_len, args.eval_windows)
-    held_weights = eval_windows(held_stream.position_weights, args.seq_len, args.eval_windows)
+    held, held_weights = held_out_windows(args, tokenizer)
     precision = Precision(args.device, args.dtype)
     target = load_frozen_target(args.target, precision)
     model = build_drafter(args.target, target.config, args.num_layers, args.block_size, args.seed, precision)
@@ -187,8 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         "parameters": num_parameters(model), "tokens_seen": state.tokens_seen, "steps": state.step,
         "train_s": round(state.elapsed_s, 1), "held_out": _last_eval(state),
         "tokens_per_s": round((state.step - start_step) * args.batch_size * args.seq_len / run_s, 1),
-        "peak_memory_mb": round(peak_memory_bytes(args.device) / 2**20, 1),
-        "peak_memory_before_training_mb": round(loaded_bytes / 2**20, 1),
+        **_memory_mb(args.device, loaded_bytes),
         "trained_position_share": round(float(train_stream.position_weights.float().mean()), 4),
         "args": vars(args), "history": state.history}
     if args.eval_prompts:
@@ -204,9 +208,14 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(summary))
 
 
-_META_KEYS = ("target", "corpus", "chat_template", "num_layers", "block_size", "seq_len", "batch_size", "lr",
+_META_KEYS = ("target", "corpus", "num_layers", "block_size", "seq_len", "batch_size", "lr",
               "min_lr_ratio", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "feature_weight",
               "distill_weight", "glance_ratio", "no_glance", "smooth_l1_beta", "seed")
+
+
+def _memory_mb(device: str, before_training_bytes: int) -> dict[str, float]:
+    return {"peak_memory_mb": round(peak_memory_bytes(device) / 2**20, 1),
+            "peak_memory_before_training_mb": round(before_training_bytes / 2**20, 1)}
 
 
 def _last_eval(state: TrainState) -> dict[str, float]:
