@@ -12,11 +12,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from tests.models import tiny_model
+from tests.models import ARCHS, tiny_model
 from tests.workers.training.test_chat import CHAT, TEMPLATE, TOKENIZER
 from tests.workers.training.test_falcon_training import markov_stream
 from workers.drafters.falcon import FalconDrafter
-from workers.drafters.falcon_model import FalconDrafterModel
+from workers.drafters.falcon_model import FalconConfig, FalconDrafterModel
 from workers.training.corpus import read_corpus
 from workers.training.csgd import CSGDConfig, Targets, build_layout
 from workers.training.dataset import build_stream
@@ -135,3 +135,20 @@ def test_bf16_mixed_precision_keeps_fp32_master_weights(tmp_path: Path) -> None:
         Precision("cpu", "int8")
     with pytest.raises(ValueError, match="device"):
         Precision("tpu", "float32")
+
+
+@pytest.mark.parametrize(("arch", "rope"), [
+    ("qwen2", {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}),
+    ("llama", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192})])
+def test_published_config_json_format_gives_the_drafter_shape(arch: str, rope: dict[str, Any]) -> None:
+    """config.json as Qwen2.5 / Llama-3.1 ship it (legacy rope_theta + rope_scaling keys): the drafter takes
+    the target's theta and shape and plain rope."""
+    config_cls, _ = ARCHS[arch]
+    config = config_cls.from_dict({"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+                                   "num_key_value_heads": 2, "vocab_size": 96, "rope_theta": 1e6,
+                                   "rope_scaling": rope, "max_position_embeddings": 131072,
+                                   "tie_word_embeddings": False})
+    falcon = FalconConfig.from_target_config(config, num_layers=2)
+    assert (falcon.rope_theta, falcon.num_kv_heads, falcon.vocab_size) == (1e6, 2, 96)
+    assert falcon.to_llama_config().rope_parameters["rope_type"] == "default"
