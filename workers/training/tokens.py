@@ -28,7 +28,11 @@ def encode_stream(tokenizer: Any, docs: Sequence[Document]) -> torch.Tensor:
 
 
 def encode_documents(tokenizer: Any, docs: Sequence[Document]) -> list[list[int]]:
-    """Each document's token ids (no special tokens)."""
+    """Each plain-text document's token ids (no special tokens); chat records go through dataset.build_stream."""
+    chats = [d.name for d in docs if d.is_chat]
+    if chats:
+        raise ValueError(f"chat records ({len(chats)}, e.g. {chats[0]!r}) need the chat template: only "
+                         "scripts/train_drafter.py trains on 'messages' corpora")
     return encode_texts(tokenizer, [d.text for d in docs])
 
 

@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 from workers.training.chat import encode_chats, reply_spans, set_chat_template
 from workers.training.corpus import Document, read_corpus
 from workers.training.dataset import build_stream, document_ids
+from workers.training.tokens import encode_stream
 
 TOKENIZER = Path(__file__).resolve().parents[3] / "models" / "demo" / "tokenizer"
 # ChatML-like, with the demo tokenizer's special tokens as turn markers
@@ -89,3 +90,5 @@ def test_chat_errors_are_explicit(tokenizer: Any, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'role' and 'content'"):
         read_corpus(str(bad), "all")
     assert torch.equal(build_stream(tokenizer, [Document("t", "a")]).is_target, torch.ones(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="chat records"):
+        encode_stream(tokenizer, [Document("0", "", CHAT)])  # the plain-text path refuses chat records
