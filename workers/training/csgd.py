@@ -6,8 +6,8 @@ block t sits at position t+j and predicts f_{t+1+j}. Pairs are causal; a placeho
 0..t and the placeholders of its own block. Row r therefore predicts the feature at position(r) + 1.
 
 Glancing: pass 1 (no grad) counts each sequence's mistakes (drafter argmax != target argmax over all
-valid rows); round(glance_ratio × mistakes) placeholder slots, drawn uniformly among the valid slots
-of all blocks, get the TRUE pair input of the position they occupy (slot (t, j) gets pair t+j's input:
+valid rows at trained positions); round(glance_ratio × mistakes) placeholder slots, drawn uniformly among
+those slots of all blocks, get the TRUE pair input of the position they occupy (slot (t, j) gets pair t+j's input:
 true feature f_{t+j} and true token x_{t+j+1}). Pass 2 runs on these inputs with grad; glanced rows
 are left out of the loss (their answer was shown, as in GLAT).
 
@@ -111,16 +111,20 @@ def count_mistakes(pred_ids: torch.Tensor, target_ids: torch.Tensor, valid: torc
     return ((pred_ids != target_ids) & valid.to(pred_ids.device)).sum(dim=1)
 
 
-def choose_glanced(num_glances: torch.Tensor, layout: Layout, generator: torch.Generator) -> torch.Tensor:
-    """[B, T·(k-1)] bool: exactly min(num_glances[b], valid slots) valid placeholder slots per sequence,
-    uniformly at random."""
+def choose_glanced(num_glances: torch.Tensor, layout: Layout, generator: torch.Generator,
+                   eligible: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T·(k-1)] bool: exactly min(num_glances[b], eligible slots) eligible placeholder slots per sequence,
+    uniformly at random; eligible = valid, and within `eligible` ([B, S], e.g. trained positions) if given."""
     slot_valid = layout.valid[layout.num_pairs:]  # [S]
     batch, num_slots = num_glances.numel(), slot_valid.numel()
+    allowed = slot_valid[None, :].expand(batch, -1)
+    if eligible is not None:
+        allowed = allowed & eligible.cpu()
     scores = torch.rand(batch, num_slots, generator=generator)
-    scores[:, ~slot_valid] = 2.0  # invalid slots sort last
+    scores[~allowed] = 2.0  # ineligible slots sort last
     order = scores.argsort(dim=1)
     ranks = torch.empty_like(order).scatter_(1, order, torch.arange(num_slots).expand(batch, -1).contiguous())
-    limit = num_glances.cpu().clamp(max=int(slot_valid.sum()))
+    limit = torch.minimum(num_glances.cpu(), allowed.sum(dim=1))
     return ranks < limit[:, None]
 
 
@@ -176,7 +180,7 @@ def csgd_loss(model: FalconDrafterModel, token_ids: torch.Tensor, targets: Targe
             first_ids = first.argmax(dim=-1)  # [B, Q]
         mistakes = count_mistakes(first_ids, rows.argmax, counted)
         num = torch.round(mistakes.float() * config.glance_ratio).long()
-        glanced = choose_glanced(num, layout, generator).to(token_ids.device)
+        glanced = choose_glanced(num, layout, generator, counted[:, layout.num_pairs:]).to(token_ids.device)
     hidden = run_layout(model, layout_inputs(model, pairs, layout, glanced), layout)  # [B, Q, H]
     logits = model.logits(hidden).float()  # [B, Q, V]
     if not config.is_glancing:

@@ -96,6 +96,11 @@ def test_glancing_replaces_exactly_the_counted_slots(target: LlamaForCausalLM, b
     glanced = choose_glanced(counts, layout, torch.Generator().manual_seed(0))
     assert glanced.sum(dim=1).tolist() == [0, 3, 7, int(valid_slots.sum())]
     assert not bool((glanced & ~valid_slots).any())
+    eligible = torch.arange(valid_slots.numel())[None, :].expand(4, -1) % 2 == 0  # e.g. trained positions only
+    some = choose_glanced(counts, layout, torch.Generator().manual_seed(0), eligible)
+    num_eligible = int((valid_slots & eligible[0]).sum())
+    assert some.sum(dim=1).tolist() == [min(c, num_eligible) for c in (0, 3, 7, 10_000)]
+    assert not bool((some & ~eligible).any())
     model = drafter_model(target, block_size)
     ids = token_ids(batch=4)
     with torch.no_grad():
