@@ -40,7 +40,8 @@ from workers.drafters.model import ModelDrafter
 from workers.drafters.ngram import NgramDrafter
 from workers.target import TargetVerifier
 from workers.training.corpus import read_corpus
-from workers.training.tokens import encode_documents, held_out_prompts
+from workers.training.dataset import document_ids
+from workers.training.tokens import held_out_prompts
 from workers.tree_policy import TreeConfig
 
 # A static tree in the spirit of Falcon's custom-designed decoding tree: wide near the root, a long
@@ -74,9 +75,9 @@ def parse_tree(spec: str) -> TreeConfig:
 
 def load_prompts(tokenizer: Any, corpus: str, num_prompts: int, min_tokens: int, max_tokens: int,
                  seed: int) -> list[list[int]]:
-    """Prompts cut from held-out documents only."""
+    """Prompts cut from held-out documents only (chat records as their template renders them)."""
     docs = read_corpus(corpus, "held_out")
-    return held_out_prompts(encode_documents(tokenizer, docs), num_prompts, min_tokens, max_tokens, seed)
+    return held_out_prompts(document_ids(tokenizer, docs), num_prompts, min_tokens, max_tokens, seed)
 
 
 def reference_outputs(target: TargetVerifier, prompts: Sequence[list[int]], rules: StopRules) -> list[list[int]]:

@@ -1,5 +1,5 @@
 """Local training corpora and their held-out split: the running interpreter's standard library, a
-directory of text files, or a JSONL file with a "text" field.
+directory of text files, or a JSONL file whose lines hold a "text" string or a "messages" chat list.
 
 Held-out rule (fixed, documented in models/demo/README.md): a document is held out when the first
 byte of sha256(its name) is below 13 (13/256 ≈ 5.1 %). A file's name is its path relative to the
@@ -15,16 +15,25 @@ import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HELD_OUT_BYTE = 13  # sha256(name)[0] < 13 -> held out
 SPLITS = ("train", "held_out", "all")
 EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
 
 
+Message = tuple[str, str]  # (role, content) of one chat turn
+
+
 @dataclass(frozen=True)
 class Document:
     name: str  # what the held-out hash is taken of
-    text: str
+    text: str  # "" for a chat record
+    messages: tuple[Message, ...] | None = None  # a chat record's turns, rendered by the chat template
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
 
 
 def is_held_out(name: str) -> bool:
@@ -51,7 +60,8 @@ def stdlib_files(root: Path | None = None) -> list[Path]:
 
 
 def read_corpus(source: str, split: str = "train") -> list[Document]:
-    """Documents of one split. `source`: "stdlib", a directory of text files, or a .jsonl file."""
+    """Documents of one split. `source`: "stdlib", a directory of text files, or a .jsonl file
+    ({"text": str} or {"messages": [{"role": str, "content": str}, ...]} per line)."""
     in_split("", split)  # validates `split` before any file is read
     if source == "stdlib":
         root = stdlib_root()
@@ -86,6 +96,25 @@ def _read_jsonl(path: Path) -> Iterator[Document]:
             if not line.strip():
                 continue
             record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}:{line_no + 1}: each JSONL line needs a string field 'text'")
-            yield Document(str(record.get("id", line_no)), record["text"])
+            where = f"{path}:{line_no + 1}"
+            if not isinstance(record, dict) or not ("text" in record or "messages" in record):
+                raise ValueError(f"{where}: each JSONL line needs a string field 'text' or a list 'messages'")
+            name = str(record.get("id", line_no))
+            if "messages" in record:
+                yield Document(name, "", _messages(record["messages"], where))
+            elif isinstance(record["text"], str):
+                yield Document(name, record["text"])
+            else:
+                raise ValueError(f"{where}: field 'text' must be a string, got {type(record['text']).__name__}")
+
+
+def _messages(value: Any, where: str) -> tuple[Message, ...]:
+    """Validated (role, content) turns of one chat record."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: 'messages' must be a non-empty list, got {value!r:.80}")
+    turns = []
+    for i, turn in enumerate(value):
+        if not (isinstance(turn, dict) and isinstance(turn.get("role"), str) and isinstance(turn.get("content"), str)):
+            raise ValueError(f"{where}: messages[{i}] needs string fields 'role' and 'content', got {turn!r:.80}")
+        turns.append((turn["role"], turn["content"]))
+    return tuple(turns)

@@ -6,13 +6,14 @@ block t sits at position t+j and predicts f_{t+1+j}. Pairs are causal; a placeho
 0..t and the placeholders of its own block. Row r therefore predicts the feature at position(r) + 1.
 
 Glancing: pass 1 (no grad) counts each sequence's mistakes (drafter argmax != target argmax over all
-valid rows); round(glance_ratio × mistakes) placeholder slots, drawn uniformly among the valid slots
-of all blocks, get the TRUE pair input of the position they occupy (slot (t, j) gets pair t+j's input:
+valid rows at trained positions); round(glance_ratio × mistakes) placeholder slots, drawn uniformly among
+those slots of all blocks, get the TRUE pair input of the position they occupy (slot (t, j) gets pair t+j's input:
 true feature f_{t+j} and true token x_{t+j+1}). Pass 2 runs on these inputs with grad; glanced rows
 are left out of the loss (their answer was shown, as in GLAT).
 
 Loss = feature_weight · smooth-L1(predicted feature, true feature)
-     + distill_weight · soft cross-entropy(drafter logits, target distribution at that position).
+     + distill_weight · soft cross-entropy(drafter logits, target distribution at that position),
+averaged over the rows whose position is trained on (all, or the assistant replies of chat data).
 """
 
 from __future__ import annotations
@@ -105,20 +106,25 @@ def run_layout(model: FalconDrafterModel, inputs: torch.Tensor, layout: Layout) 
 
 
 def count_mistakes(pred_ids: torch.Tensor, target_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """[B] rows per sequence where the drafter's argmax ([B, Q]) differs from the target's."""
-    return ((pred_ids != target_ids) & valid[None, :].to(pred_ids.device)).sum(dim=1)
+    """[B] rows per sequence where the drafter's argmax ([B, Q]) differs from the target's, among the rows
+    `valid` marks ([Q] or [B, Q])."""
+    return ((pred_ids != target_ids) & valid.to(pred_ids.device)).sum(dim=1)
 
 
-def choose_glanced(num_glances: torch.Tensor, layout: Layout, generator: torch.Generator) -> torch.Tensor:
-    """[B, T·(k-1)] bool: exactly min(num_glances[b], valid slots) valid placeholder slots per sequence,
-    uniformly at random."""
+def choose_glanced(num_glances: torch.Tensor, layout: Layout, generator: torch.Generator,
+                   eligible: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T·(k-1)] bool: exactly min(num_glances[b], eligible slots) eligible placeholder slots per sequence,
+    uniformly at random; eligible = valid, and within `eligible` ([B, S], e.g. trained positions) if given."""
     slot_valid = layout.valid[layout.num_pairs:]  # [S]
     batch, num_slots = num_glances.numel(), slot_valid.numel()
+    allowed = slot_valid[None, :].expand(batch, -1)
+    if eligible is not None:
+        allowed = allowed & eligible.cpu()
     scores = torch.rand(batch, num_slots, generator=generator)
-    scores[:, ~slot_valid] = 2.0  # invalid slots sort last
+    scores[~allowed] = 2.0  # ineligible slots sort last
     order = scores.argsort(dim=1)
     ranks = torch.empty_like(order).scatter_(1, order, torch.arange(num_slots).expand(batch, -1).contiguous())
-    limit = num_glances.cpu().clamp(max=int(slot_valid.sum()))
+    limit = torch.minimum(num_glances.cpu(), allowed.sum(dim=1))
     return ranks < limit[:, None]
 
 
@@ -129,19 +135,27 @@ class Targets:
     features: torch.Tensor  # [B, L, H] last-layer features (final-norm output)
     probs: torch.Tensor  # [B, L, V] next-token distributions at each position
     argmax: torch.Tensor  # [B, L] the target's greedy token after each position
+    weights: torch.Tensor | None = None  # [B, L] bool: positions trained on (None = all)
 
     @staticmethod
-    def of(target_model: Any, token_ids: torch.Tensor) -> Targets:
-        """Features and distributions of a Llama-family HF causal LM (run without grad)."""
+    def of(target_model: Any, token_ids: torch.Tensor, weights: torch.Tensor | None = None) -> Targets:
+        """Features (fp32) and distributions of a Llama / Qwen2-family HF causal LM in any dtype, no grad."""
         with torch.no_grad():
             features = target_model.model(input_ids=token_ids).last_hidden_state  # [B, L, H]
             logits = target_model.lm_head(features).float()  # [B, L, V]
-        return Targets(features.float(), torch.softmax(logits, dim=-1), logits.argmax(dim=-1))
+        return Targets(features.float(), torch.softmax(logits, dim=-1), logits.argmax(dim=-1),
+                       None if weights is None else weights.to(token_ids.device))
 
     def per_row(self, layout: Layout) -> Targets:
         """Align to the layout's rows: [B, Q, ...] (invalid rows clamped; mask them with layout.valid)."""
         index = (layout.positions + 1).clamp(max=self.features.shape[1] - 1).to(self.features.device)
-        return Targets(self.features[:, index], self.probs[:, index], self.argmax[:, index])
+        weights = None if self.weights is None else self.weights[:, index]
+        return Targets(self.features[:, index], self.probs[:, index], self.argmax[:, index], weights)
+
+    def row_weights(self, layout: Layout) -> torch.Tensor:
+        """[B, Q] bool: rows that count (valid, and at a trained position); call on `per_row`'s result."""
+        valid = layout.valid.to(self.argmax.device)[None, :].expand_as(self.argmax)
+        return valid if self.weights is None else valid & self.weights
 
 
 @dataclass(frozen=True)
@@ -157,28 +171,28 @@ def csgd_loss(model: FalconDrafterModel, token_ids: torch.Tensor, targets: Targe
               config: CSGDConfig, generator: torch.Generator) -> CSGDOutput:
     """One CSGD step's loss on windows [B, L] (L = T + 1); `targets` from `Targets.of(target, token_ids)`."""
     rows = targets.per_row(layout)
-    valid = layout.valid.to(token_ids.device)
+    counted = rows.row_weights(layout)  # [B, Q]
     pairs = pair_inputs(model, targets.features, token_ids)  # [B, T, H]
     glanced = None
     if config.is_glancing:
         with torch.no_grad():
             first = model.logits(run_layout(model, layout_inputs(model, pairs, layout, None), layout))
             first_ids = first.argmax(dim=-1)  # [B, Q]
-        mistakes = count_mistakes(first_ids, rows.argmax, valid)
+        mistakes = count_mistakes(first_ids, rows.argmax, counted)
         num = torch.round(mistakes.float() * config.glance_ratio).long()
-        glanced = choose_glanced(num, layout, generator).to(token_ids.device)
+        glanced = choose_glanced(num, layout, generator, counted[:, layout.num_pairs:]).to(token_ids.device)
     hidden = run_layout(model, layout_inputs(model, pairs, layout, glanced), layout)  # [B, Q, H]
     logits = model.logits(hidden).float()  # [B, Q, V]
     if not config.is_glancing:
         first_ids = logits.detach().argmax(dim=-1)
-    weight = valid[None, :].expand(token_ids.shape[0], -1).clone()  # [B, Q]
+    weight = counted.clone()  # [B, Q]
     if glanced is not None:
         weight[:, layout.num_pairs:] &= ~glanced
     feature_loss, distill_loss = _losses(hidden, logits, rows, weight, config)
     loss = config.feature_weight * feature_loss + config.distill_weight * distill_loss
     return CSGDOutput(loss, float(feature_loss.detach()), float(distill_loss.detach()),
                       int(glanced.sum()) if glanced is not None else 0,
-                      accuracy_per_depth(first_ids, rows.argmax, layout))
+                      accuracy_per_depth(first_ids, rows.argmax, layout, counted))
 
 
 def _losses(hidden: torch.Tensor, logits: torch.Tensor, rows: Targets, weight: torch.Tensor,
@@ -193,11 +207,17 @@ def _losses(hidden: torch.Tensor, logits: torch.Tensor, rows: Targets, weight: t
     return feature, distill
 
 
-def accuracy_per_depth(pred_ids: torch.Tensor, target_ids: torch.Tensor, layout: Layout) -> list[float]:
-    """Share of valid rows of each depth whose drafter argmax equals the target's argmax."""
+def accuracy_per_depth(pred_ids: torch.Tensor, target_ids: torch.Tensor, layout: Layout,
+                       counted: torch.Tensor | None = None) -> list[float]:
+    """Share of counted rows ([B, Q]; default: the valid ones) of each depth whose drafter argmax equals the
+    target's argmax (nan at a depth without counted rows)."""
     hits = (pred_ids == target_ids).float()  # [B, Q]
+    if counted is None:
+        counted = layout.valid[None, :].expand_as(hits)
+    weight = counted.float().to(hits.device)
+    depths = layout.depths.to(hits.device)
     out = []
     for depth in range(1, int(layout.depths.max()) + 1):  # k depths
-        rows = (layout.depths == depth) & layout.valid
-        out.append(float(hits[:, rows.to(hits.device)].mean()))
+        w = weight * (depths == depth)[None, :]
+        out.append(float((hits * w).sum() / w.sum()) if bool(w.any()) else float("nan"))
     return out

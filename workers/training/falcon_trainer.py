@@ -1,64 +1,77 @@
-"""Falcon drafter training around CSGD: the drafter built on a frozen HF target, one step's loss with the
-target's features computed on the fly, held-out per-depth accuracy, and the drafter saved to disk.
+"""Falcon drafter training around CSGD: the drafter built on a frozen HF target (Llama or Qwen2 family), one
+step's loss with the target's features computed on the fly, held-out per-depth accuracy, and the drafter
+saved to disk. Devices and dtypes: workers/training/precision.py.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from workers.drafters.falcon_model import FalconConfig, FalconDrafterModel, load_target_head
+from workers.hf_model import load_causal_lm
 from workers.training.csgd import CSGDConfig, Targets, build_layout, csgd_loss
 from workers.training.lm import SAVE_DTYPES
 from workers.training.loop import StepOutput
-from workers.training.tokens import random_windows, step_generator
+from workers.training.precision import Precision
+from workers.training.tokens import step_generator, window_index
+
+CPU = Precision()
 
 
-def load_frozen_target(target_dir: str | Path) -> Any:
-    """The target in fp32 on CPU, eval mode, no grad; sdpa attention."""
-    model: Any = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32,
-                                                      attn_implementation="sdpa")
-    return model.eval().requires_grad_(False)
+def load_frozen_target(target_dir: str | Path, precision: Precision = CPU) -> Any:
+    """The target on the device in its dtype, eval mode, no grad; sdpa attention."""
+    model = load_causal_lm(str(target_dir), precision.target_dtype, precision.device)
+    return model.requires_grad_(False)
 
 
 def build_drafter(target_dir: str | Path, target_config: Any, num_layers: int, block_size: int,
-                  seed: int) -> FalconDrafterModel:
-    """A fresh drafter whose embedding and LM head are the target's (read like inference reads them)."""
+                  seed: int, precision: Precision = CPU) -> FalconDrafterModel:
+    """A fresh fp32 drafter whose embedding and LM head are the target's (read like inference reads them;
+    Qwen2's attention biases and rope scaling are the target's own, the drafter needs neither)."""
     config = FalconConfig.from_target_config(target_config, num_layers=num_layers, block_size=block_size)
     embed, lm_head = load_target_head(target_dir)
+    # frozen, so held in the compute dtype (no fp32 master copy); a tied head stays one tensor
+    head = embed.to(precision.device, precision.head_dtype)
+    out = head if lm_head is embed else lm_head.to(precision.device, precision.head_dtype)
     torch.manual_seed(seed)
-    model = FalconDrafterModel(config, embed.float(), lm_head.float())
-    return model.place("cpu", torch.float32).train()
+    model = FalconDrafterModel(config, head, out).to(precision.device)  # own weights: fp32 master copies
+    return model.train()
 
 
 @dataclass(frozen=True)
 class FalconBatches:
-    """Training windows of `seq_len` tokens (seq_len - 1 pairs) drawn per step from `stream`."""
+    """Training windows of `seq_len` tokens (seq_len - 1 pairs) drawn per step from `stream`, with the
+    windows of `weights` ([N] bool, TokenStream.position_weights; None = every position is trained on)."""
 
     stream: torch.Tensor
     batch_size: int
     seq_len: int
     seed: int
+    weights: torch.Tensor | None = None
 
-    def __call__(self, step: int) -> torch.Tensor:
-        return random_windows(self.stream, self.batch_size, self.seq_len, step_generator(self.seed, step))
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        index = window_index(self.stream.numel(), self.batch_size, self.seq_len, step_generator(self.seed, step))
+        return self.stream[index], None if self.weights is None else self.weights[index]
 
 
-def make_step_fn(model: FalconDrafterModel, target: Any, batches: FalconBatches,
-                 config: CSGDConfig) -> Callable[[int], StepOutput]:
+def make_step_fn(model: FalconDrafterModel, target: Any, batches: FalconBatches, config: CSGDConfig,
+                 precision: Precision = CPU) -> Callable[[int], StepOutput]:
     """The loop's `step_fn`: features of the frozen target, then the CSGD loss of one batch."""
     layout = build_layout(batches.seq_len - 1, model.config.block_size)
 
     def step_fn(step: int) -> StepOutput:
-        windows = batches(step)
-        targets = Targets.of(target, windows)
-        out = csgd_loss(model, windows, targets, layout, config, step_generator(batches.seed + 1, step))
+        windows, weights = batches(step)
+        windows = windows.to(precision.device)
+        targets = Targets.of(target, windows, weights)
+        with precision.autocast():
+            out = csgd_loss(model, windows, targets, layout, config, step_generator(batches.seed + 1, step))
         num_slots = windows.shape[0] * (layout.positions.numel() - layout.num_pairs)
         metrics = {"feature_loss": out.feature_loss, "distill_loss": out.distill_loss,
                    "glanced_frac": out.num_glanced / max(num_slots, 1),
@@ -69,30 +82,36 @@ def make_step_fn(model: FalconDrafterModel, target: Any, batches: FalconBatches,
 
 @torch.no_grad()
 def held_out_metrics(model: FalconDrafterModel, target: Any, windows: torch.Tensor, config: CSGDConfig,
-                     batch_size: int = 8) -> dict[str, float]:
-    """Losses and per-depth accuracy (drafter argmax == target argmax) on held-out windows, no glancing."""
+                     batch_size: int = 8, weights: torch.Tensor | None = None,
+                     precision: Precision = CPU) -> dict[str, float]:
+    """Losses and per-depth accuracy (drafter argmax == target argmax) on held-out windows [W, L] (positions
+    `weights` [W, L] marks, default all), no glancing; each a mean over the batches where it is defined."""
     was_training = model.training
     model.eval()
     layout = build_layout(windows.shape[1] - 1, model.config.block_size)
     plain = CSGDConfig(config.feature_weight, config.distill_weight, False, config.glance_ratio,
                        config.smooth_l1_beta)
-    totals: dict[str, float] = {}
-    num_batches = 0
+    values: dict[str, list[float]] = {}
     for start in range(0, windows.shape[0], batch_size):  # a few batches
-        chunk = windows[start:start + batch_size]
-        out = csgd_loss(model, chunk, Targets.of(target, chunk), layout, plain, torch.Generator())
-        values = {"loss": float(out.loss), "feature_loss": out.feature_loss, "distill_loss": out.distill_loss,
-                  **{f"acc_d{d + 1}": a for d, a in enumerate(out.accuracy_per_depth)}}
-        for key, value in values.items():
-            totals[key] = totals.get(key, 0.0) + value
-        num_batches += 1
+        chunk_weights = None if weights is None else weights[start:start + batch_size]
+        if chunk_weights is not None and not bool(chunk_weights[:, 1:].any()):
+            continue  # no row of this batch is trained on (e.g. only user turns); rows use positions 1..L-1
+        chunk = windows[start:start + batch_size].to(precision.device)
+        targets = Targets.of(target, chunk, chunk_weights)
+        with precision.autocast():
+            out = csgd_loss(model, chunk, targets, layout, plain, torch.Generator())
+        batch = {"loss": float(out.loss), "feature_loss": out.feature_loss, "distill_loss": out.distill_loss,
+                 **{f"acc_d{d + 1}": a for d, a in enumerate(out.accuracy_per_depth)}}
+        for key, value in batch.items():
+            if not math.isnan(value):
+                values.setdefault(key, []).append(value)
     model.train(was_training)
-    return {key: value / num_batches for key, value in totals.items()}
+    return {key: sum(v) / len(v) for key, v in values.items()}
 
 
 def save_drafter(model: FalconDrafterModel, out_dir: str | Path, dtype: str = "float16") -> None:
     """falcon_config.json + the drafter's own weights in `dtype` (FalconDrafterModel.load casts them back)."""
     if dtype not in SAVE_DTYPES:
         raise ValueError(f"save dtype must be one of {sorted(SAVE_DTYPES)}, got {dtype!r}")
-    stored = copy.deepcopy(model).to(SAVE_DTYPES[dtype])
+    stored = copy.deepcopy(model).to("cpu", SAVE_DTYPES[dtype])
     stored.save(out_dir)

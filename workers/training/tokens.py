@@ -12,21 +12,28 @@ import torch
 from workers.training.corpus import Document
 
 
+def encode_texts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Each text's token ids (no special tokens added; those written in the text are still recognised)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) or tokenizer._tokenizer
+    return [list(enc.ids) for enc in backend.encode_batch(list(texts), add_special_tokens=False)]
+
+
 def encode_stream(tokenizer: Any, docs: Sequence[Document]) -> torch.Tensor:
     """[N] int64: every document's tokens followed by EOS, in corpus order."""
     if not docs:
         raise ValueError("the corpus split is empty: no documents to encode")
-    backend = getattr(tokenizer, "backend_tokenizer", None) or tokenizer._tokenizer
-    encodings = backend.encode_batch([d.text for d in docs], add_special_tokens=False)
     eos = int(tokenizer.eos_token_id)
-    ids = [token for enc in encodings for token in [*enc.ids, eos]]
+    ids = [token for doc_ids in encode_documents(tokenizer, docs) for token in [*doc_ids, eos]]
     return torch.tensor(ids, dtype=torch.long)
 
 
 def encode_documents(tokenizer: Any, docs: Sequence[Document]) -> list[list[int]]:
-    """Each document's token ids (no special tokens)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None) or tokenizer._tokenizer
-    return [list(enc.ids) for enc in backend.encode_batch([d.text for d in docs], add_special_tokens=False)]
+    """Each plain-text document's token ids (no special tokens); chat records go through dataset.build_stream."""
+    chats = [d.name for d in docs if d.is_chat]
+    if chats:
+        raise ValueError(f"chat records ({len(chats)}, e.g. {chats[0]!r}) need the chat template: only "
+                         "scripts/train_drafter.py trains on 'messages' corpora")
+    return encode_texts(tokenizer, [d.text for d in docs])
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -36,10 +43,15 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 def random_windows(stream: torch.Tensor, batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
     """[B, length] windows starting at uniformly random offsets of `stream`."""
-    if stream.numel() <= length:
-        raise ValueError(f"the token stream has {stream.numel()} tokens, fewer than one window of {length + 1}")
-    starts = torch.randint(0, stream.numel() - length, (batch_size,), generator=generator)
-    return stream[starts[:, None] + torch.arange(length)[None, :]]
+    return stream[window_index(stream.numel(), batch_size, length, generator)]
+
+
+def window_index(num_tokens: int, batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """[B, length] indices of windows at uniformly random offsets of a stream of `num_tokens`."""
+    if num_tokens <= length:
+        raise ValueError(f"the token stream has {num_tokens} tokens, fewer than one window of {length + 1}")
+    starts = torch.randint(0, num_tokens - length, (batch_size,), generator=generator)
+    return starts[:, None] + torch.arange(length)[None, :]
 
 
 def eval_windows(stream: torch.Tensor, length: int, max_windows: int) -> torch.Tensor:

@@ -96,6 +96,11 @@ def test_glancing_replaces_exactly_the_counted_slots(target: LlamaForCausalLM, b
     glanced = choose_glanced(counts, layout, torch.Generator().manual_seed(0))
     assert glanced.sum(dim=1).tolist() == [0, 3, 7, int(valid_slots.sum())]
     assert not bool((glanced & ~valid_slots).any())
+    eligible = torch.arange(valid_slots.numel())[None, :].expand(4, -1) % 2 == 0  # e.g. trained positions only
+    some = choose_glanced(counts, layout, torch.Generator().manual_seed(0), eligible)
+    num_eligible = int((valid_slots & eligible[0]).sum())
+    assert some.sum(dim=1).tolist() == [min(c, num_eligible) for c in (0, 3, 7, 10_000)]
+    assert not bool((some & ~eligible).any())
     model = drafter_model(target, block_size)
     ids = token_ids(batch=4)
     with torch.no_grad():
@@ -120,3 +125,29 @@ def test_mistake_count_and_glance_count_in_a_step(target: LlamaForCausalLM) -> N
     expected = torch.round(mistakes.float() * 0.5).long().clamp(max=int(layout.valid[layout.num_pairs:].sum()))
     assert out.num_glanced == int(expected.sum()) > 0
     assert len(out.accuracy_per_depth) == 2 and out.loss.requires_grad
+
+
+def test_positions_without_weight_add_no_loss(target: LlamaForCausalLM) -> None:
+    """Rows whose target position is not trained on (e.g. before a user-turn token) add nothing to the loss."""
+    model = drafter_model(target, 2)
+    ids = token_ids(batch=2)
+    layout = build_layout(LENGTH - 1, 2)
+    plain = CSGDConfig(is_glancing=False)
+    weights = torch.rand(2, LENGTH, generator=torch.Generator().manual_seed(0)) < 0.5
+    targets = Targets.of(target, ids, weights)
+
+    def loss_with(probs: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        t = Targets(targets.features, probs, targets.argmax, w)
+        return csgd_loss(model, ids, t, layout, plain, torch.Generator()).loss
+
+    base = loss_with(targets.probs, weights)
+    uniform = torch.full_like(targets.probs, 1.0 / VOCAB)
+    off = torch.where(weights[..., None], targets.probs, uniform)  # changed only where not trained on
+    on = torch.where(weights[..., None], uniform, targets.probs)  # changed only where trained on
+    assert torch.equal(loss_with(off, weights), base)
+    assert not torch.allclose(loss_with(on, weights), base)
+    assert torch.equal(loss_with(targets.probs, torch.ones_like(weights)), loss_with(targets.probs, None))
+    nothing = loss_with(targets.probs, torch.zeros_like(weights))
+    nothing.backward()
+    assert float(nothing.detach()) == 0.0
+    assert model.fc.weight.grad is not None and not model.fc.weight.grad.any()
