@@ -63,7 +63,7 @@ def build_verifier_worker(config: TandemConfig, worker_id: str) -> Any:
                                             section.attn_implementation)
     speculation = config.speculation
     worker = VerifierWorker(target, worker_id, tokenizer_hash(section.model), os.path.basename(section.model),
-                            speculation.acceptance, max(speculation.tree.total_tokens, 1))
+                            speculation.acceptance, max(speculation.tree.total_tokens, 1), speculation.local_lookup)
     if speculation.mode != "off":
         worker.calibrate()  # t(n) for the cost model; refined online
     return worker

@@ -216,6 +216,7 @@ class SpeculationConfig:
     mode: str = "async"
     tree: TreeConfig = field(default_factory=_default_tree)
     acceptance: str = "calibrated"  # per-node acceptance estimates: calibrated path probability | learned
+    local_lookup: bool = True  # a verifier holding no tree drafts by prompt lookup in the request's own tokens
 
     def __post_init__(self) -> None:
         from protocol.params import TreeConfig
@@ -224,6 +225,8 @@ class SpeculationConfig:
             _set(self, "mode", "off")
         check_choice("speculation.mode", self.mode, SPECULATION_MODES)
         check_choice("speculation.acceptance", self.acceptance, ("calibrated", "learned"))
+        if not isinstance(self.local_lookup, bool):
+            raise ConfigError(f"speculation.local_lookup must be true or false, got {self.local_lookup!r}")
         if not isinstance(self.tree, TreeConfig):
             raise ConfigError(f"speculation.tree must be a TreeConfig, got {self.tree!r}")
 

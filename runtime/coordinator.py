@@ -262,7 +262,10 @@ class Coordinator:
                                                self._wants_features(request), send_features))
 
     def _verifier_mode(self, request: Request) -> str:
-        return self.mode if request.drafter is not None else "off"
+        """The deployment's mode; without a drafter, async (the verifier's own prompt lookup, never a wait)."""
+        if self.mode == "off" or request.drafter is not None:
+            return self.mode
+        return "async"
 
     def _wants_features(self, request: Request) -> bool:
         drafter = self.pool.workers.get(request.drafter) if request.drafter else None

@@ -34,6 +34,7 @@ class VerifierRequest:
     max_length: int
     stop_token_ids: frozenset[int]
     tree: DraftTree = field(default_factory=DraftTree.empty)  # rooted at committed[-1]
+    tree_source: str = "drafter"  # who made the held tree: the drafter, or the verifier's own lookup
     pending: Draft | None = None  # the newest draft not looked at yet (decoded only when a verification starts)
     is_fresh: bool = False
     is_stopped: bool = False
@@ -87,7 +88,7 @@ class VerifierRequest:
         if rerooted is None:
             self.num_drafts_dropped += 1
             return False
-        self.tree = rerooted
+        self.tree, self.tree_source = rerooted, "drafter"
         self.is_fresh = self.is_fresh or epoch == self.epoch
         return True
 

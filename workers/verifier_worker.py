@@ -31,6 +31,7 @@ from protocol.messages import (
 from protocol.params import SamplingParams
 from protocol.trace import tracer
 from workers.cost_model import VerifyCost, best_first_order, choose_num_nodes, make_acceptance
+from workers.drafters.ngram import find_continuations, trie_from_rows
 from workers.sampling import choose_tokens
 from workers.target import TargetVerifier, VerifierState
 from workers.tree import DraftTree
@@ -40,23 +41,27 @@ from workers.wire import to_blob
 
 log = logging.getLogger(__name__)
 EXPLORE_EVERY = 32  # after this many verifications without a node, verify the best one anyway
+LOOKUP_MAX_NGRAM, LOOKUP_MIN_NGRAM, LOOKUP_DEPTH, LOOKUP_MATCHES = 3, 1, 10, 4  # the verifier's own prompt lookup
 
 
 class VerifierWorker:
     role = "verifier"
 
     def __init__(self, target: TargetVerifier, worker_id: str, tokenizer_hash: str = "", model_name: str = "",
-                 acceptance: str = "calibrated", max_tree_nodes: int = 64) -> None:
+                 acceptance: str = "calibrated", max_tree_nodes: int = 64, local_lookup: bool = True) -> None:
         self.target = target
         self.worker_id = worker_id
         self.tokenizer_hash = tokenizer_hash
         self.model_name = model_name
         self.requests: dict[str, VerifierRequest] = {}
         self.cost = VerifyCost(max_tree_nodes)
-        self.acceptance = {True: make_acceptance(acceptance), False: make_acceptance(acceptance)}  # by greedy
+        # estimates per (greedy?, tree source): a drafter's trees and the verifier's own lookups differ
+        self.acceptance = {(greedy, source): make_acceptance(acceptance)
+                           for greedy in (True, False) for source in ("drafter", "lookup")}
+        self.local_lookup = local_lookup
         self.compute_s = 0.0
         self.counters = {"num_verifications": 0, "num_drafts": 0, "num_drafts_dropped": 0, "num_nodes_verified": 0,
-                         "num_drafts_malformed": 0}
+                         "num_drafts_malformed": 0, "num_lookups": 0}
         self._order: list[str] = []  # round-robin order of request ids
         self._verified_index = torch.zeros(0, dtype=torch.long)  # of the last _choose, in the held tree
 
@@ -181,11 +186,12 @@ class VerifierWorker:
         start = time.perf_counter()
         epoch, context = request.epoch, request.state.length
         tree = self._choose(request)
-        with tracer.span("verify", request=request_id, nodes=tree.num_nodes, context=context):
+        with tracer.span("verify", request=request_id, nodes=tree.num_nodes, held=request.tree.num_nodes,
+                         context=context):
             path, bonus, hidden = verify_and_accept(self.target, request.state, epoch, request.committed[-1], tree,
                                                     request.params)
         tokens = [*tree.token_ids[path].tolist(), bonus]
-        self._learn(request.tree, tree, tokens, request.params.is_greedy)
+        self._learn(request.tree, tree, tokens, (request.params.is_greedy, request.tree_source))
         is_hit = request.commit(tokens)
         features = committed_features(hidden, path) if request.want_features else None
         self.counters["num_verifications"] += 1
@@ -194,7 +200,7 @@ class VerifierWorker:
         self.cost.observe(tree.num_nodes, context, reply.compute_s)
         return reply
 
-    def _learn(self, held: DraftTree, verified: DraftTree, tokens: list[int], is_greedy: bool) -> None:
+    def _learn(self, held: DraftTree, verified: DraftTree, tokens: list[int], key: tuple[bool, str]) -> None:
         """Feed the acceptance estimates every verdict this verification settled, verified or not.
 
         A held node at depth <= len(tokens) would have been accepted exactly when it lies on the path the
@@ -211,7 +217,7 @@ class VerifierWorker:
             known |= deeper
         index = torch.nonzero(known).flatten()
         if index.numel():
-            self.acceptance[is_greedy].update(held.select(index), on_path[index])
+            self.acceptance[key].update(held.select(index), on_path[index])
 
     def _choose(self, request: VerifierRequest) -> DraftTree:
         """The prefix of the held tree (best nodes first) that maximises expected tokens per second."""
@@ -219,10 +225,14 @@ class VerifierWorker:
         if problem is not None:
             self.counters["num_drafts_malformed"] += 1
             log.warning("dropped a malformed draft: %s", problem)
-        held = request.tree
-        if request.mode == "off" or held.num_nodes == 0 or request.max_tree_nodes == 0:
+        if request.mode == "off" or request.max_tree_nodes == 0:
             return DraftTree.empty()
-        estimates = self.acceptance[request.params.is_greedy].estimate(held)
+        if request.tree.num_nodes == 0 and self.local_lookup:
+            self._look_up(request)
+        held = request.tree
+        if held.num_nodes == 0:
+            return DraftTree.empty()
+        estimates = self.acceptance[(request.params.is_greedy, request.tree_source)].estimate(held)
         order = best_first_order(estimates)
         ordered = held.reorder(order)
         limit = min(request.max_tree_nodes, ordered.num_nodes)
@@ -236,6 +246,15 @@ class VerifierWorker:
                     num = 1  # keep the estimates honest: a drafter that got better must be able to show it
         self._verified_index = order[:num]  # held-tree indices of the verified nodes
         return ordered.prefix(num)
+
+    def _look_up(self, request: VerifierRequest) -> None:
+        """Holding no tree, draft from the request's own tokens (prompt lookup): it needs no model and
+        no round trip, so a drafter's miss does not cost a verifier-only step when the text repeats."""
+        rows = find_continuations(torch.tensor(request.committed), LOOKUP_MAX_NGRAM, LOOKUP_MIN_NGRAM,
+                                  LOOKUP_DEPTH, LOOKUP_MATCHES)
+        if rows.numel():
+            self.counters["num_lookups"] += 1
+            request.tree, request.tree_source = trie_from_rows(rows), "lookup"
 
     def _committed(self, request_id: str, epoch: int, tokens: list[int], depth: int, num_nodes: int,
                    features: torch.Tensor | None, start: float, is_hit: bool = False) -> Committed:

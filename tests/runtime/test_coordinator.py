@@ -174,7 +174,7 @@ def test_a_falcon_drafter_joining_mid_request_gets_the_features() -> None:
     assert harness.finished and harness.tokens == hf_greedy(target, PROMPT, 60)
     steers = [m for i, m in harness.sent if i == b"v" and isinstance(m, Steer)]
     opens = [m for i, m in harness.sent if i == b"d2" and isinstance(m, Open)]
-    assert steers[0].mode == "off"  # drafter lost: verifier-only
+    assert steers[0].mode == "async" and not steers[0].want_features  # drafter lost: the verifier goes on alone
     assert any(s.send_features and s.want_features and s.mode == "async" for s in steers)  # d2 takes over
     assert opens and opens[0].features is not None and opens[0].features.shape[0] == opens[0].epoch - 1
     assert harness.handlers[b"d2"].stats()["num_drafts_sent"] > 0  # type: ignore[attr-defined]  # it drafted for r1
