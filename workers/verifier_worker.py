@@ -220,18 +220,24 @@ class VerifierWorker:
             self.acceptance[key].update(held.select(index), on_path[index])
 
     def _choose(self, request: VerifierRequest) -> DraftTree:
-        """The prefix of the held tree (best nodes first) that maximises expected tokens per second."""
+        """The prefix of the held tree (best nodes first) that maximises expected tokens per second.
+
+        When the drafter's tree is worth no node (or there is none), the verifier's own prompt lookup
+        gets a chance: a useless drafter then costs nothing and a repeating text still speeds up.
+        """
         problem = request.take_pending()
         if problem is not None:
             self.counters["num_drafts_malformed"] += 1
             log.warning("dropped a malformed draft: %s", problem)
         if request.mode == "off" or request.max_tree_nodes == 0:
             return DraftTree.empty()
-        if request.tree.num_nodes == 0 and self.local_lookup:
-            self._look_up(request)
+        chosen = self._best_prefix(request) if request.tree.num_nodes else DraftTree.empty()
+        if chosen.num_nodes == 0 and self.local_lookup and self._look_up(request):
+            chosen = self._best_prefix(request)
+        return chosen
+
+    def _best_prefix(self, request: VerifierRequest) -> DraftTree:
         held = request.tree
-        if held.num_nodes == 0:
-            return DraftTree.empty()
         estimates = self.acceptance[(request.params.is_greedy, request.tree_source)].estimate(held)
         order = best_first_order(estimates)
         ordered = held.reorder(order)
@@ -247,14 +253,16 @@ class VerifierWorker:
         self._verified_index = order[:num]  # held-tree indices of the verified nodes
         return ordered.prefix(num)
 
-    def _look_up(self, request: VerifierRequest) -> None:
-        """Holding no tree, draft from the request's own tokens (prompt lookup): it needs no model and
-        no round trip, so a drafter's miss does not cost a verifier-only step when the text repeats."""
+    def _look_up(self, request: VerifierRequest) -> bool:
+        """Draft from the request's own tokens (prompt lookup): it needs no model and no round trip, so a
+        drafter's miss does not cost a verifier-only step when the text repeats. True if it found one."""
         rows = find_continuations(torch.tensor(request.committed), LOOKUP_MAX_NGRAM, LOOKUP_MIN_NGRAM,
                                   LOOKUP_DEPTH, LOOKUP_MATCHES)
-        if rows.numel():
-            self.counters["num_lookups"] += 1
-            request.tree, request.tree_source = trie_from_rows(rows), "lookup"
+        if not rows.numel():
+            return False
+        self.counters["num_lookups"] += 1
+        request.tree, request.tree_source = trie_from_rows(rows), "lookup"
+        return True
 
     def _committed(self, request_id: str, epoch: int, tokens: list[int], depth: int, num_nodes: int,
                    features: torch.Tensor | None, start: float, is_hit: bool = False) -> Committed:
