@@ -9,7 +9,6 @@ of one order: `choose_num_nodes` only picks the length, and n = 0 (verifier only
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -49,10 +48,10 @@ def choose_num_expansions(values: Sequence[float] | torch.Tensor, costs_s: Seque
 
 def monotone_estimates(tree: DraftTree, estimates: torch.Tensor) -> torch.Tensor:
     """Each node's estimate capped by its ancestors' (a path is accepted only if its prefix is)."""
-    if tree.num_nodes == 0:
-        return estimates
-    masked = torch.where(tree.ancestors(), estimates[None, :], torch.full_like(estimates, math.inf)[None, :])
-    return masked.min(dim=1).values
+    capped: list[float] = []
+    for parent, value in zip(tree.parents.tolist(), estimates.tolist(), strict=True):  # parents come first
+        capped.append(value if parent < 0 else min(value, capped[parent]))
+    return torch.tensor(capped, dtype=estimates.dtype)
 
 
 def best_first_order(estimates: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 ROOT = -1  # parent index of a depth-1 node
@@ -52,24 +53,17 @@ class DraftTree:
     def add(self, parents: torch.Tensor, token_ids: torch.Tensor, probs: torch.Tensor) -> DraftTree:
         """Append nodes. A parent is ROOT, an existing node, or a node earlier in this same batch."""
         parents = parents.to(torch.long).reshape(-1)
-        new_index = self.num_nodes + torch.arange(parents.numel())
-        if bool((parents >= new_index).any()) or bool((parents < ROOT).any()):
-            raise ValueError(f"parent indices {parents.tolist()} must be {ROOT} or refer to earlier nodes")
-        all_parents = torch.cat([self.parents, parents])
-        depths = torch.cat([self.depths, torch.zeros_like(parents)])
-        unknown = torch.zeros_like(depths, dtype=torch.bool)
-        unknown[self.num_nodes:] = True
-        while bool(unknown.any()):  # one pass per level inside the batch
-            parent_known = (all_parents == ROOT) | ~unknown[all_parents.clamp(min=0)]
-            ready = unknown & parent_known
-            parent_depth = torch.where(all_parents == ROOT, 0, depths[all_parents.clamp(min=0)])
-            depths = torch.where(ready, parent_depth + 1, depths)
-            unknown &= ~ready
+        parent_list = parents.tolist()
+        depth_list = self.depths.tolist()
+        for index, parent in enumerate(parent_list, start=self.num_nodes):  # parents come first: one pass
+            if not ROOT <= parent < index:
+                raise ValueError(f"parent indices {parent_list} must be {ROOT} or refer to earlier nodes")
+            depth_list.append(1 if parent == ROOT else depth_list[parent] + 1)
         return DraftTree(
             torch.cat([self.token_ids, token_ids.to(torch.long).reshape(-1)]),
-            all_parents,
+            torch.cat([self.parents, parents]),
             torch.cat([self.probs, probs.to(torch.float32).reshape(-1)]),
-            depths,
+            torch.tensor(depth_list, dtype=torch.long),
         )
 
     def ancestors(self) -> torch.Tensor:
@@ -81,24 +75,20 @@ class DraftTree:
 
     def _build_ancestors(self) -> torch.Tensor:
         n = self.num_nodes
-        matrix = torch.zeros(n, n, dtype=torch.bool)
-        rows = torch.arange(n)
-        current = rows.clone()
-        for _ in range(self.max_depth):  # one pointer jump per level, not per node
-            valid = current >= 0
-            matrix[rows[valid], current[valid]] = True
-            current = torch.where(valid, self.parents[current.clamp(min=0)], ROOT)
-        return matrix
+        matrix = np.zeros((n, n), dtype=np.bool_)
+        for node, parent in enumerate(self.parents.tolist()):  # a parent's row is complete before its children's
+            if parent != ROOT:
+                matrix[node] = matrix[parent]
+            matrix[node, node] = True
+        return torch.from_numpy(matrix)
 
     def path_probs(self) -> torch.Tensor:
         """[N] product of drafter probabilities from the root down to each node (cached)."""
         if self._path_probs is None:
-            if not self.num_nodes:
-                value = torch.zeros(0)
-            else:
-                log_probs = self.probs.clamp(min=1e-30).log()
-                value = torch.exp(self.ancestors().to(log_probs.dtype) @ log_probs)
-            object.__setattr__(self, "_path_probs", value)
+            values: list[float] = []
+            for parent, prob in zip(self.parents.tolist(), self.probs.tolist(), strict=True):
+                values.append(prob if parent == ROOT else values[parent] * prob)
+            object.__setattr__(self, "_path_probs", torch.tensor(values, dtype=torch.float32))
         assert self._path_probs is not None
         return self._path_probs
 

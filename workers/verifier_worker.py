@@ -185,15 +185,17 @@ class VerifierWorker:
     def _verify(self, request_id: str, request: VerifierRequest) -> Committed:
         start = time.perf_counter()
         epoch, context = request.epoch, request.state.length
-        tree = self._choose(request)
+        with tracer.span("choose"):
+            tree = self._choose(request)
         with tracer.span("verify", request=request_id, nodes=tree.num_nodes, held=request.tree.num_nodes,
                          context=context):
             path, bonus, hidden = verify_and_accept(self.target, request.state, epoch, request.committed[-1], tree,
                                                     request.params)
         tokens = [*tree.token_ids[path].tolist(), bonus]
-        self._learn(request.tree, tree, tokens, (request.params.is_greedy, request.tree_source))
-        is_hit = request.commit(tokens)
-        features = committed_features(hidden, path) if request.want_features else None
+        with tracer.span("learn"):
+            self._learn(request.tree, tree, tokens, (request.params.is_greedy, request.tree_source))
+            is_hit = request.commit(tokens)
+            features = committed_features(hidden, path) if request.want_features else None
         self.counters["num_verifications"] += 1
         self.counters["num_nodes_verified"] += tree.num_nodes
         reply = self._committed(request_id, epoch, tokens, tree.max_depth, tree.num_nodes, features, start, is_hit)

@@ -119,7 +119,7 @@ def demo_plan(args: argparse.Namespace) -> tuple[Plan, BenchSettings]:
     drafters = {"falcon": {"model": resolve_model_path(falcon, None)},
                 "model": {"model": resolve_model_path(args.draft, None)}, "ngram": {},
                 # the draft model's shape with random weights: what speculation costs when it never pays
-                "useless": {"kind": "model", "model": str(Path(args.out).resolve() / "useless-draft")}}
+                "useless": {"kind": "model", "model": str(Path.home() / ".cache" / "tandem" / "useless-draft")}}
     tokenizer = load_tokenizer(config.verifier.model)
     texts = load_prompts(args.prompts or SHIPPED_PROMPTS)
     if tokenizer is None:

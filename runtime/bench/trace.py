@@ -90,6 +90,9 @@ def summary(events: list[dict[str, Any]], window: tuple[float, float] | None = N
     return {"window_ms": (window[1] - window[0]) / 1000.0, "processes": processes}
 
 
+FIXED_COLOURS = {"verify": "#2ca02c", "draft_step": "#1f77b4", "drafter_commit": "#9467bd", "wait": "#d9d9d9"}
+
+
 def gantt(events: list[dict[str, Any]], path: str | Path, window_ms: float | None = 300.0) -> Path:
     """A PNG with one row per process/thread, spans coloured by name, over the middle `window_ms`."""
     import matplotlib
@@ -104,8 +107,10 @@ def gantt(events: list[dict[str, Any]], path: str | Path, window_ms: float | Non
         if event["ts"] + event["dur"] > lo and event["ts"] < hi:
             rows[(int(event["pid"]), int(event.get("tid", 0)))].append(event)
     span_names = sorted({e["name"] for items in rows.values() for e in items})
-    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(span_names)}
-    fig, ax = plt.subplots(figsize=(12, 1 + 0.6 * max(len(rows), 1)))
+    others = [n for n in span_names if n not in FIXED_COLOURS]
+    colours = {**{n: plt.get_cmap("tab20b")(i % 20) for i, n in enumerate(others)},
+               **{n: c for n, c in FIXED_COLOURS.items() if n in span_names}}
+    fig, ax = plt.subplots(figsize=(12, 2.2 + 0.6 * max(len(rows), 1)))
     labels = []
     for y, (key, items) in enumerate(sorted(rows.items(), key=lambda kv: (names.get(kv[0][0], ""), kv[0]))):
         labels.append(f"{names.get(key[0], key[0])}/{key[1]}")
@@ -117,7 +122,8 @@ def gantt(events: list[dict[str, Any]], path: str | Path, window_ms: float | Non
     ax.set_xlim(0, (hi - lo) / 1000)
     handles = [matplotlib.patches.Patch(color=colours[n], label=n) for n in span_names]
     if handles:
-        ax.legend(handles=handles, loc="upper right", ncol=min(len(handles), 6), fontsize="small")
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(handles), 7),
+                  fontsize="small", frameon=False)
     ax.set_title("Tandem timeline (drafter vs verifier)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
