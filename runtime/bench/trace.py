@@ -108,8 +108,9 @@ def gantt(events: list[dict[str, Any]], path: str | Path, window_ms: float | Non
             rows[(int(event["pid"]), int(event.get("tid", 0)))].append(event)
     span_names = sorted({e["name"] for items in rows.values() for e in items})
     others = [n for n in span_names if n not in FIXED_COLOURS]
-    colours = {**{n: plt.get_cmap("tab20b")(i % 20) for i, n in enumerate(others)},
-               **{n: c for n, c in FIXED_COLOURS.items() if n in span_names}}
+    palette = plt.get_cmap("tab20b")
+    colours: dict[str, Any] = {n: matplotlib.colors.to_hex(palette(i % 20)) for i, n in enumerate(others)}
+    colours.update({n: c for n, c in FIXED_COLOURS.items() if n in span_names})
     fig, ax = plt.subplots(figsize=(12, 2.2 + 0.6 * max(len(rows), 1)))
     labels = []
     for y, (key, items) in enumerate(sorted(rows.items(), key=lambda kv: (names.get(kv[0][0], ""), kv[0]))):
