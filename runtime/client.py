@@ -20,10 +20,12 @@ import zmq
 import zmq.asyncio
 
 from protocol.codec import decode, encode
+from protocol.curve import ClientKeys, secure_client
 from protocol.errors import ProtocolError, WorkerDeadError
 from protocol.messages import Cancel, Chunk, Error, Generate, GetMetrics, Message, Metrics
 from runtime.config import TandemConfig
 from runtime.results import GenerationOutput, collect, error_to_exception, generate_message_fields
+from runtime.security import client_keys
 
 _M = TypeVar("_M", bound=Message)
 
@@ -41,16 +43,20 @@ def _expect(message: Message, kind: type[_M]) -> _M:
 class Client:
     """Blocking client; one socket, safe for one thread."""
 
-    def __init__(self, address: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 60.0, curve: ClientKeys | None = None) -> None:
         self.address, self.timeout_s = address, timeout_s
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            secure_client(self.socket, curve)
         self.socket.connect(address)
 
     @classmethod
     def from_config(cls, path: str, timeout_s: float = 60.0) -> Client:
-        return cls(TandemConfig.load(path).coordinator.client_address, timeout_s)
+        """A client of the deployment in this YAML (with its CURVE keys when `security.curve` is on)."""
+        config = TandemConfig.load(path)
+        return cls(config.coordinator.client_address, timeout_s, client_keys(config.security))
 
     def generate(self, prompt_or_ids: str | list[int], max_new_tokens: int | None = None, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: str | list[str] | None = None,
@@ -118,18 +124,21 @@ class Client:
 class AsyncClient:
     """asyncio client: many concurrent requests over one socket, routed by request id."""
 
-    def __init__(self, address: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 60.0, curve: ClientKeys | None = None) -> None:
         self.address, self.timeout_s = address, timeout_s
         self.context = zmq.asyncio.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            secure_client(self.socket, curve)
         self.socket.connect(address)
         self._queues: dict[str, asyncio.Queue[Message]] = {}
         self._reader: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(cls, path: str, timeout_s: float = 60.0) -> AsyncClient:
-        return cls(TandemConfig.load(path).coordinator.client_address, timeout_s)
+        config = TandemConfig.load(path)
+        return cls(config.coordinator.client_address, timeout_s, client_keys(config.security))
 
     async def generate(self, prompt_or_ids: str | list[int], max_new_tokens: int | None = None,
                        temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,

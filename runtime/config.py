@@ -22,7 +22,9 @@ from runtime.config_schema import (
     CoordinatorConfig,
     DrafterConfig,
     LimitsConfig,
+    SecurityConfig,
     SpeculationConfig,
+    SupervisionConfig,
     VerifierConfig,
     check_int,
     validate_address,
@@ -38,7 +40,9 @@ __all__ = [
     "CoordinatorConfig",
     "DrafterConfig",
     "LimitsConfig",
+    "SecurityConfig",
     "SpeculationConfig",
+    "SupervisionConfig",
     "TandemConfig",
     "VerifierConfig",
     "resolve_model_path",
@@ -66,6 +70,8 @@ class TandemConfig:
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     speculation: SpeculationConfig = field(default_factory=SpeculationConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     source: str = field(default="<string>", compare=False)
 
     def __post_init__(self) -> None:
@@ -152,10 +158,21 @@ def _build(data: object, source: str, base_dir: Path | None) -> TandemConfig:
     config = TandemConfig(verifier=verifier, drafter=drafter,
                           coordinator=_section(top, "coordinator", CoordinatorConfig) or CoordinatorConfig(),
                           speculation=_section(top, "speculation", SpeculationConfig) or SpeculationConfig(),
-                          limits=_section(top, "limits", LimitsConfig) or LimitsConfig(), source=source)
+                          limits=_section(top, "limits", LimitsConfig) or LimitsConfig(),
+                          supervision=_section(top, "supervision", SupervisionConfig) or SupervisionConfig(),
+                          security=_security(top, base_dir), source=source)
     if drafter is not None and not config.uses_drafter:
         logger.info("%s: speculation.mode is off, so the drafter section is not used", source)
     return config
+
+
+def _security(top: Mapping[str, Any], base_dir: Path | None) -> SecurityConfig:
+    """`security` with its key paths made absolute against the YAML file's directory."""
+    security = _section(top, "security", SecurityConfig) or SecurityConfig()
+    base = base_dir or Path.cwd()
+    paths: dict[str, Any] = {key: os.path.normpath(base / Path(value).expanduser())
+                             for key in SecurityConfig.KEYS if isinstance(value := getattr(security, key), str)}
+    return replace(security, **paths)
 
 
 def _section(top: Mapping[str, Any], name: str, cls: type[_T]) -> _T | None:

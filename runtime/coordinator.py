@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from protocol.errors import RequestError
+from protocol.handshake import UNKNOWN_WORKER
 from protocol.messages import (
     Blob,
     Cancel,
@@ -85,15 +86,14 @@ class Coordinator:
         if isinstance(message, Hello):
             self._on_hello(identity, message, now)
         elif (worker := self.pool.seen(identity, now, getattr(message, "stats", None))) is None:
-            self.metrics.num_malformed_dropped += 1  # a worker must say Hello first
-            self.outbox.append((identity, Refused(identity.decode(errors="replace"), "send Hello first"), False))
+            self._on_unknown_worker(identity, message)
         elif isinstance(message, Heartbeat):
             if worker.role == "drafter":
                 self.metrics.drafter_stats[message.worker_id] = message.stats
         elif isinstance(message, Committed):
             self._on_committed(worker, message)
         elif isinstance(message, Draft):
-            self._on_draft(message)
+            self._on_draft(worker, message)
         elif isinstance(message, Failed):
             self._on_failed(worker, message)
         self._dispatch()
@@ -199,9 +199,10 @@ class Coordinator:
         self.outbox.append((drafter.identity, out, False))
         request.phase = Phase.DRAFTING
 
-    def _on_draft(self, message: Draft) -> None:
+    def _on_draft(self, worker: Worker, message: Draft) -> None:
         request = self.requests.get(message.request_id)
-        if request is None or request.phase is not Phase.DRAFTING or message.epoch != request.epoch:
+        if request is None or request.phase is not Phase.DRAFTING or message.epoch != request.epoch \
+                or request.drafter != worker.identity:
             self.metrics.num_stale_dropped += 1
             return
         request.draft = message
@@ -303,7 +304,8 @@ class Coordinator:
         if worker.busy_with == message.request_id:
             worker.busy_with = None
         request = self.requests.get(message.request_id)
-        if message.code == "stale_epoch" or request is None:
+        if message.code == "stale_epoch" or request is None \
+                or worker.identity not in (request.verifier, request.drafter):  # not this worker's request
             self.metrics.num_stale_dropped += 1
         elif worker.role == "drafter":
             log.warning("drafter failed on %s (%s): %s; going on verifier-only", message.request_id, message.code,
@@ -313,6 +315,12 @@ class Coordinator:
                 request.phase = Phase.READY
         else:
             self._fail(request, message.code, message.message)
+
+    def _on_unknown_worker(self, identity: bytes, message: Message) -> None:
+        """Restarted coordinator, or a worker dropped after a stall: whatever it sends is stale until it says Hello."""
+        self.metrics.num_stale_dropped += 1
+        log.info("dropped %s from unknown worker %r: asked it to say Hello", message.TYPE, identity)
+        self.outbox.append((identity, Refused(identity.decode(errors="replace"), UNKNOWN_WORKER), False))
 
     # ---- helpers -----------------------------------------------------------------------------------
 
@@ -325,7 +333,8 @@ class Coordinator:
 
     def metrics_snapshot(self) -> dict[str, Any]:
         workers = [{"identity": w.identity.decode(errors="replace"), "role": w.role, "device": w.device,
-                    "num_requests": len(w.requests), "busy": w.busy_with is not None}
+                    "num_requests": len(w.requests), "busy": w.busy_with is not None,
+                    "worker_num_requests": w.stats.get("num_requests")}  # the worker's own count (heartbeat)
                    for w in self.pool.workers.values()]
         queued = sum(r.phase is Phase.QUEUED for r in self.requests.values())
         return self.metrics.snapshot(len(self.requests) - queued, queued, workers)
