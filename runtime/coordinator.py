@@ -332,7 +332,7 @@ class Coordinator:
         self.outbox.append((client, message, True))
 
     def metrics_snapshot(self) -> dict[str, Any]:
-        workers = [{"identity": w.identity.decode(errors="replace"), "role": w.role, "device": w.device,
+        workers = [{"identity": w.identity.decode(errors="replace"), "role": w.role, "device": w.device, "pid": w.pid,
                     "num_requests": len(w.requests), "busy": w.busy_with is not None,
                     "worker_num_requests": w.stats.get("num_requests")}  # the worker's own count (heartbeat)
                    for w in self.pool.workers.values()]

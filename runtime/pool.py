@@ -22,6 +22,7 @@ class Worker:
     busy_with: str | None = None  # request being verified (verifiers: one at a time)
     requests: set[str] = field(default_factory=set)
     worker_id: str = ""
+    pid: int = 0
 
 
 class WorkerPool:
@@ -35,7 +36,7 @@ class WorkerPool:
         reason = self.mismatch(hello) or self.id_taken(identity, hello)
         if reason is None:
             self.workers[identity] = Worker(identity, hello.role, hello.device, hello.needs_features, now,
-                                            worker_id=hello.worker_id)
+                                            worker_id=hello.worker_id, pid=hello.pid)
             log.info("%s %s joined on %s", hello.role, hello.worker_id, hello.device)
         return reason
 
