@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from protocol.drafts import draft_problem
 from protocol.errors import RequestError
 from protocol.handshake import UNKNOWN_WORKER
 from protocol.messages import (
@@ -205,8 +206,19 @@ class Coordinator:
                 or request.drafter != worker.identity:
             self.metrics.num_stale_dropped += 1
             return
-        request.draft = message
+        if (problem := self._draft_problem(message)) is not None:  # never reaches a verifier
+            self.metrics.num_malformed_dropped += 1
+            log.warning("malformed draft for %s from %r: %s; going on verifier-only", request.request_id,
+                        worker.identity, problem)
+            request.drafter, request.drafter_failed = None, True
+            worker.requests.discard(request.request_id)
+            self.outbox.append((worker.identity, Release(request.request_id), False))
+        request.draft = message if problem is None else None
         request.phase = Phase.READY
+
+    def _draft_problem(self, message: Draft) -> str | None:
+        budget = self.tree.total_tokens if self.mode != "off" else 0
+        return draft_problem(message, budget, int(self.reference["vocab_size"]))
 
     def _dispatch(self) -> None:
         """Steps 2 and 6-7: every idle verifier gets the request that has waited longest."""
