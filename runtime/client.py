@@ -81,9 +81,9 @@ class Client:
                 if is_done:
                     return
         finally:
-            if not is_done:
-                with contextlib.suppress(zmq.ZMQError):
-                    self.cancel(request_id)
+            if not is_done:  # best effort: a coordinator that cannot be reached at once gets no Cancel
+                with contextlib.suppress(zmq.ZMQError, WorkerDeadError):
+                    self._send(Cancel(request_id), timeout_s=0.0)
 
     def cancel(self, request_id: str) -> None:
         self._send(Cancel(request_id))
@@ -93,7 +93,14 @@ class Client:
         self._send(GetMetrics(request_id))
         return _expect(self._receive_for(request_id), Metrics).data
 
-    def _send(self, message: Message) -> None:
+    def _send(self, message: Message, timeout_s: float | None = None) -> None:
+        """Send, or raise WorkerDeadError when no connection to the coordinator is up within the timeout.
+
+        A DEALER with no connected peer blocks on send (coordinator down, CURVE handshake refused).
+        """
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        if not self.socket.poll(int(wait_s * 1000), zmq.POLLOUT):
+            raise WorkerDeadError(f"cannot reach the coordinator at {self.address} within {wait_s} s")
         self.socket.send_multipart(encode(message), copy=False)
 
     def _receive_for(self, request_id: str) -> Message:
@@ -165,9 +172,9 @@ class AsyncClient:
                 yield chunk
         finally:
             self._queues.pop(request_id, None)
-            if not is_done:
-                with contextlib.suppress(zmq.ZMQError):
-                    await self.cancel(request_id)
+            if not is_done:  # best effort, as in Client.stream
+                with contextlib.suppress(zmq.ZMQError, WorkerDeadError):
+                    await self._send(Cancel(request_id), timeout_s=0.0)
 
     async def cancel(self, request_id: str) -> None:
         await self._send(Cancel(request_id))
@@ -199,7 +206,10 @@ class AsyncClient:
             raise error_to_exception(message)
         return message
 
-    async def _send(self, message: Message) -> None:
+    async def _send(self, message: Message, timeout_s: float | None = None) -> None:
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        if not await self.socket.poll(int(wait_s * 1000), zmq.POLLOUT):  # type: ignore[call-arg]
+            raise WorkerDeadError(f"cannot reach the coordinator at {self.address} within {wait_s} s")
         await self.socket.send_multipart(encode(message), copy=False)
 
     async def _read(self) -> None:
