@@ -54,7 +54,7 @@ def messages_of(cls: type[Message]) -> st.SearchStrategy[Message]:
 MESSAGES = st.one_of(*(messages_of(cls) for cls in ALL_MESSAGES))
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(MESSAGES)
 def test_every_message_round_trips(message: Message) -> None:
     frames = [bytes(memoryview(f)) if not isinstance(f, bytes) else f for f in encode(message)]
@@ -93,13 +93,13 @@ def mutated(draw: st.DrawFn) -> list[bytes]:
     return frames
 
 
-@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_mutated_frames_raise_only_protocol_error(frames: list[bytes]) -> None:
     decodes_or_protocol_error(frames)
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(st.lists(st.binary(max_size=64), max_size=4))
 def test_random_frames_raise_only_protocol_error(frames: list[bytes]) -> None:
     decodes_or_protocol_error(frames)
@@ -110,7 +110,7 @@ BLOB_REFS = st.fixed_dictionaries({"__blob__": st.one_of(st.integers(-2, 3), VAL
                                    "shape": st.one_of(st.lists(st.integers(-2, 2**40), max_size=3), VALUES)})
 
 
-@settings(max_examples=500)
+@settings(max_examples=250)
 @given(st.data())
 def test_wrong_fields_and_types_raise_only_protocol_error(data: st.DataObject) -> None:
     """The right tag, the type's own field names (some missing, some extra), any values, tensor refs anywhere."""

@@ -44,6 +44,7 @@ def launcher(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
     with Launcher(supervised_config(config), tmp_path / "launch.log") as running:
         running.wait_ready()
         yield running
+        assert running.stop() == 0  # SIGTERM stops everything cleanly, restarted processes included
 
 
 def stream_and_signal(client: Client, launcher: Launcher, prompt: list[int], role: str, at_chunk: int,
@@ -98,5 +99,11 @@ def test_coordinator_killed_clients_get_an_error_then_it_recovers(launcher: Laun
         stream_and_signal(client, launcher, PROMPTS[0], "coordinator", at_chunk=1)
     metrics = launcher.wait_joined()  # a new coordinator; the same workers said Hello again
     assert metrics["num_active"] == 0
+    deadline = time.monotonic() + 30  # their next heartbeats: the lost request's state was dropped
+    while any(w["worker_num_requests"] != 0 for w in metrics["workers"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        with launcher.client() as client:
+            metrics = client.metrics()
+    assert [w["worker_num_requests"] for w in metrics["workers"]] == [0, 0]
     with launcher.client() as client:
         assert client.generate(PROMPTS[2], max_new_tokens=MAX_NEW).token_ids == reference[2]
