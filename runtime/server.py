@@ -90,7 +90,7 @@ class CoordinatorServer:
                 endpoint.send(message, identity)
             except zmq.ZMQError as err:  # the peer is gone (ROUTER_MANDATORY): nothing to deliver to
                 log.warning("could not deliver %s to %r: %s", message.TYPE, identity, err.strerror)
-                if to_client:
+                if to_client and err.errno == zmq.EHOSTUNREACH:  # gone, not merely slow (EAGAIN)
                     self._cancel_requests_of(identity)
 
     def _cancel_requests_of(self, client: bytes) -> None:

@@ -59,12 +59,23 @@ def stream_and_signal(client: Client, launcher: Launcher, prompt: list[int], rol
 
 @pytest.mark.parametrize("role", ["drafter", "verifier"])
 def test_worker_killed_at_random_moments(launcher: Launcher, reference: list[list[int]], role: str) -> None:
-    rng = random.Random(f"kill-{role}")
+    kill_trials(launcher, reference, role, num_trials=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", ["drafter", "verifier"])
+def test_worker_killed_many_times(launcher: Launcher, reference: list[list[int]], role: str) -> None:
+    kill_trials(launcher, reference, role, num_trials=12, seed=1)
+
+
+def kill_trials(launcher: Launcher, reference: list[list[int]], role: str, num_trials: int, seed: int = 0) -> None:
+    """kill -9 `role` after a seeded random number of chunks, `num_trials` times; outputs must not change."""
+    rng = random.Random(f"kill-{role}-{seed}")
     with launcher.client() as client:
-        for trial in range(3):
-            pid = launcher.pid(role)
+        for trial in range(num_trials):
+            pid, index = launcher.pid(role), trial % len(PROMPTS)
             at_chunk = rng.randrange(0, 6)
-            assert stream_and_signal(client, launcher, PROMPTS[trial], role, at_chunk) == reference[trial], \
+            assert stream_and_signal(client, launcher, PROMPTS[index], role, at_chunk) == reference[index], \
                 f"trial {trial}: {role} killed after chunk {at_chunk}"
             assert launcher.pid(role) != pid  # the launcher started a new one
             launcher.wait_joined()
