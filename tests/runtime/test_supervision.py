@@ -118,3 +118,27 @@ def test_coordinator_killed_clients_get_an_error_then_it_recovers(launcher: Laun
     assert [w["worker_num_requests"] for w in metrics["workers"]] == [0, 0]
     with launcher.client() as client:
         assert client.generate(PROMPTS[2], max_new_tokens=MAX_NEW).token_ids == reference[2]
+
+
+@pytest.mark.slow
+def test_demo_deployment_survives_a_falcon_drafter_kill(tmp_path: Path) -> None:
+    """The issue's scenario on configs/demo.yaml (Falcon drafter, which needs a features resync to rejoin)."""
+    from runtime.config import DEFAULT_CONFIG_PATH
+    from runtime.launch import config_variant
+
+    config = supervised_config(config_variant(str(DEFAULT_CONFIG_PATH), tmp_path, "async"))
+    with Launcher(config, tmp_path / "launch.log") as launcher:
+        launcher.wait_ready()
+        with launcher.client() as client:
+            prompt = "def fibonacci(n):"
+            want = client.generate(prompt, max_new_tokens=96).token_ids
+            got: list[int] = []
+            for i, chunk in enumerate(client.stream(prompt, max_new_tokens=96)):
+                got += chunk.token_ids
+                if i == 2:
+                    launcher.signal("drafter", signal.SIGKILL)
+            assert got == want
+            launcher.wait_joined()
+            again = client.generate(prompt, max_new_tokens=96)
+            assert again.token_ids == want and again.stats["tau"] > 1.0
+        assert launcher.stop() == 0
