@@ -11,6 +11,7 @@ from typing import Any
 import zmq
 
 from protocol.codec import decode, encode
+from protocol.curve import ClientKeys, ServerKeys, secure_client, secure_server
 from protocol.errors import ProtocolError
 from protocol.messages import Message
 
@@ -57,10 +58,12 @@ class Endpoint:
 
 
 def bind(context: zmq.Context[Any], socket_type: int, address: str, who: str,
-         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Endpoint:
+         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, curve: ServerKeys | None = None) -> Endpoint:
     """Bind a socket, or raise OSError saying who could not bind which address and why."""
     socket = context.socket(socket_type)
     _configure(socket, max_message_bytes)
+    if curve is not None:
+        secure_server(socket, curve)
     try:
         socket.bind(address)
     except zmq.ZMQError as err:
@@ -70,11 +73,13 @@ def bind(context: zmq.Context[Any], socket_type: int, address: str, who: str,
 
 
 def connect(context: zmq.Context[Any], socket_type: int, address: str, identity: bytes | None = None,
-            max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Endpoint:
+            max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, curve: ClientKeys | None = None) -> Endpoint:
     socket = context.socket(socket_type)
     if identity is not None:
         socket.setsockopt(zmq.IDENTITY, identity)
     _configure(socket, max_message_bytes)
+    if curve is not None:
+        secure_client(socket, curve)
     socket.connect(address)
     return Endpoint(socket, max_message_bytes)
 

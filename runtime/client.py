@@ -24,11 +24,13 @@ import zmq
 import zmq.asyncio
 
 from protocol.codec import decode, encode
+from protocol.curve import ClientKeys, secure_client
 from protocol.errors import ProtocolError, WorkerDeadError
 from protocol.messages import Cancel, Chunk, Error, Generate, GetMetrics, Message, Metrics
 from runtime.chat import ChatFormatter
 from runtime.config import TandemConfig
 from runtime.results import GenerationOutput, GenerationParams, collect, error_to_exception
+from runtime.security import client_keys
 
 _M = TypeVar("_M", bound=Message)
 
@@ -37,11 +39,13 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
-def _chat_formatter(config_path: str, chat_template: str | None) -> tuple[str, ChatFormatter]:
-    """The coordinator's address and a chat formatter on the target's tokenizer, from a deployment YAML."""
+def _from_config(config_path: str, chat_template: str | None) -> tuple[str, ChatFormatter, ClientKeys | None]:
+    """The coordinator's address, a chat formatter on the target's tokenizer and the CURVE keys (when
+    `security.curve` is on), from a deployment YAML."""
     config = TandemConfig.load(config_path)
     template = chat_template or (config.server.chat_template if config.server is not None else None)
-    return config.coordinator.client_address, ChatFormatter(None, template, config.verifier.model)
+    return (config.coordinator.client_address, ChatFormatter(None, template, config.verifier.model),
+            client_keys(config.security))
 
 
 def _expect(message: Message, kind: type[_M]) -> _M:
@@ -54,19 +58,22 @@ class Client:
     """Blocking client; one socket, safe for one thread."""
 
     def __init__(self, address: str, timeout_s: float = 60.0, tokenizer: Any = None,
-                 chat_template: str | None = None) -> None:
+                 chat_template: str | None = None, curve: ClientKeys | None = None) -> None:
         self.address, self.timeout_s = address, timeout_s
         self.chat_formatter = ChatFormatter(tokenizer, chat_template)
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            secure_client(self.socket, curve)
         self.socket.connect(address)
 
     @classmethod
     def from_config(cls, path: str, timeout_s: float = 60.0, chat_template: str | None = None) -> Client:
-        """Client of the deployment in `path`; chat uses its target's tokenizer and `server.chat_template`."""
-        address, formatter = _chat_formatter(path, chat_template)
-        client = cls(address, timeout_s)
+        """Client of the deployment in `path`: its CURVE keys when `security.curve` is on; chat uses its
+        target's tokenizer and `server.chat_template`."""
+        address, formatter, keys = _from_config(path, chat_template)
+        client = cls(address, timeout_s, curve=keys)
         client.chat_formatter = formatter
         return client
 
@@ -94,9 +101,9 @@ class Client:
                 if is_done:
                     return
         finally:
-            if not is_done:
-                with contextlib.suppress(zmq.ZMQError):
-                    self.cancel(request_id)
+            if not is_done:  # best effort: a coordinator that cannot be reached at once gets no Cancel
+                with contextlib.suppress(zmq.ZMQError, WorkerDeadError):
+                    self._send(Cancel(request_id), timeout_s=0.0)
 
     def cancel(self, request_id: str) -> None:
         self._send(Cancel(request_id))
@@ -106,7 +113,14 @@ class Client:
         self._send(GetMetrics(request_id))
         return _expect(self._receive_for(request_id), Metrics).data
 
-    def _send(self, message: Message) -> None:
+    def _send(self, message: Message, timeout_s: float | None = None) -> None:
+        """Send, or raise WorkerDeadError when no connection to the coordinator is up within the timeout.
+
+        A DEALER with no connected peer blocks on send (coordinator down, CURVE handshake refused).
+        """
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        if not self.socket.poll(int(wait_s * 1000), zmq.POLLOUT):
+            raise WorkerDeadError(f"cannot reach the coordinator at {self.address} within {wait_s} s")
         self.socket.send_multipart(encode(message), copy=False)
 
     def _receive_for(self, request_id: str) -> Message:
@@ -138,20 +152,22 @@ class AsyncClient:
     """asyncio client: many concurrent requests over one socket, routed by request id."""
 
     def __init__(self, address: str, timeout_s: float = 60.0, tokenizer: Any = None,
-                 chat_template: str | None = None) -> None:
+                 chat_template: str | None = None, curve: ClientKeys | None = None) -> None:
         self.address, self.timeout_s = address, timeout_s
         self.chat_formatter = ChatFormatter(tokenizer, chat_template)
         self.context = zmq.asyncio.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            secure_client(self.socket, curve)
         self.socket.connect(address)
         self._queues: dict[str, asyncio.Queue[Message]] = {}
         self._reader: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(cls, path: str, timeout_s: float = 60.0, chat_template: str | None = None) -> AsyncClient:
-        address, formatter = _chat_formatter(path, chat_template)
-        client = cls(address, timeout_s)
+        address, formatter, keys = _from_config(path, chat_template)
+        client = cls(address, timeout_s, curve=keys)
         client.chat_formatter = formatter
         return client
 
@@ -179,8 +195,8 @@ class AsyncClient:
         finally:
             self._queues.pop(request_id, None)
             if not is_done:  # shielded: a cancelled caller (a client that hung up) still frees the request
-                with contextlib.suppress(zmq.ZMQError, asyncio.CancelledError):
-                    await asyncio.shield(self.cancel(request_id))
+                with contextlib.suppress(zmq.ZMQError, WorkerDeadError, asyncio.CancelledError):
+                    await asyncio.shield(self._send(Cancel(request_id), timeout_s=0.0))
 
     async def cancel(self, request_id: str) -> None:
         await self._send(Cancel(request_id))
@@ -212,7 +228,10 @@ class AsyncClient:
             raise error_to_exception(message)
         return message
 
-    async def _send(self, message: Message) -> None:
+    async def _send(self, message: Message, timeout_s: float | None = None) -> None:
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        if not await self.socket.poll(int(wait_s * 1000), zmq.POLLOUT):  # type: ignore[call-arg]
+            raise WorkerDeadError(f"cannot reach the coordinator at {self.address} within {wait_s} s")
         await self.socket.send_multipart(encode(message), copy=False)
 
     async def _read(self) -> None:

@@ -23,8 +23,10 @@ from runtime.config_schema import (
     CoordinatorConfig,
     DrafterConfig,
     LimitsConfig,
+    SecurityConfig,
     ServerConfig,
     SpeculationConfig,
+    SupervisionConfig,
     VerifierConfig,
     check_int,
     validate_address,
@@ -40,8 +42,10 @@ __all__ = [
     "CoordinatorConfig",
     "DrafterConfig",
     "LimitsConfig",
+    "SecurityConfig",
     "ServerConfig",
     "SpeculationConfig",
+    "SupervisionConfig",
     "TandemConfig",
     "VerifierConfig",
     "resolve_model_path",
@@ -70,6 +74,8 @@ class TandemConfig:
     speculation: SpeculationConfig = field(default_factory=SpeculationConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     server: ServerConfig | None = None  # the OpenAI-compatible HTTP server; None = not started by launch
+    supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     source: str = field(default="<string>", compare=False)
 
     def __post_init__(self) -> None:
@@ -164,7 +170,9 @@ def _build(data: object, source: str, base_dir: Path | None) -> TandemConfig:
                           coordinator=_section(top, "coordinator", CoordinatorConfig) or CoordinatorConfig(),
                           speculation=_section(top, "speculation", SpeculationConfig) or SpeculationConfig(),
                           limits=_section(top, "limits", LimitsConfig) or LimitsConfig(),
-                          server=_server(top, base_dir), source=source)
+                          server=_server(top, base_dir),
+                          supervision=_section(top, "supervision", SupervisionConfig) or SupervisionConfig(),
+                          security=_security(top, base_dir), source=source)
     if drafter is not None and not config.uses_drafter:
         logger.info("%s: speculation.mode is off, so the drafter section is not used", source)
     return config
@@ -176,6 +184,13 @@ def _server(top: Mapping[str, Any], base_dir: Path | None) -> ServerConfig | Non
     if server is None or template is None or "{{" in template or "{%" in template:
         return server  # no template, or Jinja text given inline
     return replace(server, chat_template=resolve_model_path(template, base_dir))
+def _security(top: Mapping[str, Any], base_dir: Path | None) -> SecurityConfig:
+    """`security` with its key paths made absolute against the YAML file's directory."""
+    security = _section(top, "security", SecurityConfig) or SecurityConfig()
+    base = base_dir or Path.cwd()
+    paths: dict[str, Any] = {key: os.path.normpath(base / Path(value).expanduser())
+                             for key in SecurityConfig.KEYS if isinstance(value := getattr(security, key), str)}
+    return replace(security, **paths)
 
 
 def _section(top: Mapping[str, Any], name: str, cls: type[_T]) -> _T | None:

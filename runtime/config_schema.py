@@ -291,3 +291,58 @@ class ServerConfig:
         """Where a client on this machine reaches the server (a wildcard host is reached on loopback)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "*") else self.host
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+class SupervisionConfig:
+    """How the launcher restarts a process that exits: exponential backoff, and a budget per window.
+
+    The n-th restart within `restart_window_s` waits `initial_backoff_s * 2**(n-1)` (at most
+    `max_backoff_s`); after `max_restarts` in the window the process is given up on (logged).
+    """
+
+    restart: bool = True
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    max_restarts: int = 10
+    restart_window_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.restart, bool):
+            raise ConfigError(f"supervision.restart must be true or false, got {self.restart!r}")
+        for key in ("initial_backoff_s", "max_backoff_s", "restart_window_s"):
+            _set(self, key, check_positive_float(f"supervision.{key}", getattr(self, key)))
+        check_int("supervision.max_restarts", self.max_restarts, 0)
+        if self.max_backoff_s < self.initial_backoff_s:
+            raise ConfigError(f"supervision.max_backoff_s must be >= initial_backoff_s ({self.initial_backoff_s!r}), "
+                              f"got {self.max_backoff_s!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecurityConfig:
+    """Opt-in ZeroMQ CURVE on both coordinator sockets (key files as `zmq.auth.create_certificates` writes them).
+
+    The coordinator needs `server_secret_key_file` and `client_keys_dir` (the public `*.key` files of
+    every client and worker it lets in); clients and workers need `server_public_key_file` and their
+    own `client_secret_key_file`. Relative paths are resolved against the YAML file's directory.
+    """
+
+    curve: bool = False
+    server_secret_key_file: str | None = None
+    server_public_key_file: str | None = None
+    client_secret_key_file: str | None = None
+    client_keys_dir: str | None = None
+
+    KEYS: ClassVar[tuple[str, ...]] = ("server_secret_key_file", "server_public_key_file", "client_secret_key_file",
+                                       "client_keys_dir")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.curve, bool):
+            raise ConfigError(f"security.curve must be true or false, got {self.curve!r}")
+        for key in self.KEYS:
+            if getattr(self, key) is not None:
+                check_str(f"security.{key}", getattr(self, key))
+
+    def require(self, *keys: str) -> list[str]:
+        """The values of `keys`; ConfigError naming the first one that is missing."""
+        missing = [key for key in keys if getattr(self, key) is None]
+        if missing:
+            raise ConfigError(f"security.{missing[0]} is required when security.curve is true")
+        return [str(getattr(self, key)) for key in keys]

@@ -21,7 +21,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from protocol.drafts import draft_problem
 from protocol.errors import RequestError
+from protocol.handshake import UNKNOWN_WORKER
 from protocol.messages import (
     Cancel,
     Chunk,
@@ -87,8 +89,7 @@ class Coordinator:
         if isinstance(message, Hello):
             self._on_hello(identity, message, now)
         elif (worker := self.pool.seen(identity, now, getattr(message, "stats", None))) is None:
-            self.metrics.num_malformed_dropped += 1  # a worker must say Hello first
-            self.outbox.append((identity, Refused(identity.decode(errors="replace"), "send Hello first"), False))
+            self._on_unknown_worker(identity, message)
         elif isinstance(message, Heartbeat):
             self.metrics.worker_stats[message.worker_id] = {"role": worker.role, **message.stats}
         elif isinstance(message, Committed):
@@ -208,8 +209,20 @@ class Coordinator:
                 or not 1 <= message.epoch <= request.epoch:
             self.metrics.num_stale_dropped += 1
             return
+        if (problem := self._draft_problem(message)) is not None:  # never reaches a verifier
+            self.metrics.num_malformed_dropped += 1
+            log.warning("malformed draft for %s from %r: %s; going on without that drafter", request.request_id,
+                        worker.identity, problem)
+            self._unlink_drafter(request, failed=True)
+            self._steer(request)
+            return
         self.metrics.num_drafts_forwarded += 1
         self._send(request.verifier, message)
+
+    def _draft_problem(self, message: Draft) -> str | None:
+        """Malformed trees stop here (a living tree is at most `living_cap` nodes, a sync snapshot fewer)."""
+        budget = max(self.tree.living_cap, self.tree.total_tokens) if self.mode != "off" else 0
+        return draft_problem(message, budget, int(self.reference["vocab_size"]))
 
     def _finish(self, request: Request, reason: str, kept: list[int] | None = None, delta: str = "") -> None:
         """Step 5: the last chunk with the stats, then every worker frees the request."""
@@ -299,7 +312,8 @@ class Coordinator:
 
     def _on_failed(self, worker: Worker, message: Failed) -> None:
         request = self.requests.get(message.request_id)
-        if message.code in ("stale_epoch", "unknown_request") or request is None:
+        if message.code in ("stale_epoch", "unknown_request") or request is None \
+                or worker.identity not in (request.verifier, request.drafter):  # not this worker's request
             self.metrics.num_stale_dropped += 1
         elif worker.role == "drafter":
             log.warning("drafter failed on %s (%s): %s; going on verifier-only", message.request_id, message.code,
@@ -318,6 +332,12 @@ class Coordinator:
             self.outbox.append((drafter.identity, Release(request.request_id), False))
         request.unlink_drafter(failed)
 
+    def _on_unknown_worker(self, identity: bytes, message: Message) -> None:
+        """Restarted coordinator, or a worker dropped after a stall: whatever it sends is stale until it says Hello."""
+        self.metrics.num_stale_dropped += 1
+        log.info("dropped %s from unknown worker %r: asked it to say Hello", message.TYPE, identity)
+        self.outbox.append((identity, Refused(identity.decode(errors="replace"), UNKNOWN_WORKER), False))
+
     # ---- helpers -----------------------------------------------------------------------------------
 
     def _send(self, identity: bytes | None, message: Message) -> None:
@@ -328,7 +348,9 @@ class Coordinator:
         self.outbox.append((client, message, True))
 
     def metrics_snapshot(self) -> dict[str, Any]:
-        workers = [{"identity": w.identity.decode(errors="replace"), "role": w.role, "device": w.device,
-                    "num_requests": len(w.requests)} for w in self.pool.workers.values()]
+        workers = [{"identity": w.identity.decode(errors="replace"), "role": w.role, "device": w.device, "pid": w.pid,
+                    "num_requests": len(w.requests),
+                    "worker_num_requests": w.stats.get("num_requests")}  # the worker's own count (heartbeat)
+                   for w in self.pool.workers.values()]
         queued = sum(r.phase is Phase.QUEUED for r in self.requests.values())
         return self.metrics.snapshot(len(self.requests) - queued, queued, workers)

@@ -14,6 +14,7 @@ import yaml
 from protocol.errors import TandemError, WorkerDeadError
 from runtime.client import Client
 from runtime.config import TandemConfig
+from runtime.security import client_keys
 
 log = logging.getLogger(__name__)
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -70,10 +71,14 @@ class Deployment:
     def _spawn(self, script: str, *extra: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, str(SCRIPTS / script), "--config", self.config_path, *extra])
 
+    def restart(self, name: str) -> None:
+        """Start process `name` again with the command line it was first started with (runtime/supervisor.py)."""
+        self.processes[name] = subprocess.Popen(self.processes[name].args)
+
     def wait_ready(self, timeout_s: float, roles: tuple[str, ...] | None = None) -> None:
         wanted = set(roles or (("verifier", "drafter") if self.config.uses_drafter else ("verifier",)))
         deadline = time.monotonic() + timeout_s
-        with Client(self.config.coordinator.client_address, timeout_s=1.0) as client:
+        with Client(self.config.coordinator.client_address, 1.0, client_keys(self.config.security)) as client:
             while time.monotonic() < deadline:
                 self._check_alive()
                 try:

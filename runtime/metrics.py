@@ -19,6 +19,7 @@ class RuntimeMetrics:
     num_malformed_dropped: int = 0
     num_workers_refused: int = 0
     num_drafts_forwarded: int = 0
+    num_auth_refused: int = 0  # peers whose CURVE handshake failed (no key, or a key not let in)
     verifier_compute_s: float = 0.0
     first_request_at: float | None = None
     last_activity_at: float = 0.0
@@ -56,5 +57,6 @@ class RuntimeMetrics:
             "num_stale_dropped": self.num_stale_dropped,
             "num_malformed_dropped": self.num_malformed_dropped,
             "num_workers_refused": self.num_workers_refused,
+            "num_auth_refused": self.num_auth_refused,
             "workers": workers,
         }

@@ -19,8 +19,9 @@ class Worker:
     needs_features: bool
     last_seen: float
     stats: dict[str, Any] = field(default_factory=dict)
-    busy_with: str | None = None  # request being verified (verifiers: one at a time)
     requests: set[str] = field(default_factory=set)
+    worker_id: str = ""
+    pid: int = 0
 
 
 class WorkerPool:
@@ -31,9 +32,10 @@ class WorkerPool:
 
     def admit(self, identity: bytes, hello: Hello, now: float) -> str | None:
         """Register a worker; returns the reason it is refused, or None."""
-        reason = self.mismatch(hello)
+        reason = self.mismatch(hello) or self.id_taken(identity, hello)
         if reason is None:
-            self.workers[identity] = Worker(identity, hello.role, hello.device, hello.needs_features, now)
+            self.workers[identity] = Worker(identity, hello.role, hello.device, hello.needs_features, now,
+                                            worker_id=hello.worker_id, pid=hello.pid)
             log.info("%s %s joined on %s", hello.role, hello.worker_id, hello.device)
         return reason
 
@@ -52,6 +54,12 @@ class WorkerPool:
                 and ours["tokenizer_hash"] != theirs["tokenizer_hash"]:
             return (f"tokenizer mismatch: {hello.role} {hello.worker_id} ({theirs.get('model')}) tokenizer "
                     f"{theirs['tokenizer_hash']} != target ({ours.get('model')}) tokenizer {ours['tokenizer_hash']}")
+        return None
+
+    def id_taken(self, identity: bytes, hello: Hello) -> str | None:
+        """A second peer may not claim the id of a live worker (a restart reuses the same socket identity)."""
+        if any(w.worker_id == hello.worker_id and w.identity != identity for w in self.workers.values()):
+            return f"worker id {hello.worker_id!r} is taken by a live worker"
         return None
 
     def seen(self, identity: bytes, now: float, stats: dict[str, Any] | None = None) -> Worker | None:
@@ -78,5 +86,3 @@ class WorkerPool:
         candidates = self.of_role(role)
         return min(candidates, key=lambda w: len(w.requests)) if candidates else None
 
-    def idle_verifiers(self) -> list[Worker]:
-        return [w for w in self.of_role("verifier") if w.busy_with is None]

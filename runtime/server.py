@@ -15,10 +15,12 @@ from typing import Any
 
 import zmq
 
+from protocol.curve import ServerKeys
 from protocol.errors import ProtocolError
-from protocol.messages import Shutdown
+from protocol.messages import Cancel, Shutdown
 from protocol.trace import tracer
 from protocol.transport import Endpoint, bind
+from runtime.auth import CurveGate
 from runtime.coordinator import Coordinator
 
 log = logging.getLogger(__name__)
@@ -26,15 +28,21 @@ log = logging.getLogger(__name__)
 
 class CoordinatorServer:
     def __init__(self, coordinator: Coordinator, client_address: str, worker_address: str,
-                 tick_interval_s: float = 0.1, max_message_bytes: int = 64 * 2**20) -> None:
+                 tick_interval_s: float = 0.1, max_message_bytes: int = 64 * 2**20,
+                 curve: ServerKeys | None = None, client_keys_dir: str | None = None) -> None:
+        """With `curve` keys both sockets are CURVE servers admitting the public keys in `client_keys_dir`."""
         self.coordinator = coordinator
         self.context = zmq.Context()
-        self.front = bind(self.context, zmq.ROUTER, client_address, "coordinator (client_address)", max_message_bytes)
+        self.gate = CurveGate(self.context, client_keys_dir or "") if curve is not None else None
+        self.front = bind(self.context, zmq.ROUTER, client_address, "coordinator (client_address)", max_message_bytes,
+                          curve)
         try:
             self.back = bind(self.context, zmq.ROUTER, worker_address, "coordinator (worker_address)",
-                             max_message_bytes)
+                             max_message_bytes, curve)
         except OSError:
             self.front.close()
+            if self.gate is not None:
+                self.gate.stop()
             raise
         self.tick_interval_s = tick_interval_s
         self.stopping = threading.Event()
@@ -44,8 +52,15 @@ class CoordinatorServer:
         poller.register(self.front.socket, zmq.POLLIN)
         poller.register(self.back.socket, zmq.POLLIN)
         next_tick = time.monotonic()
+        monitors = [self.gate.watch(s.socket) for s in (self.front, self.back)] if self.gate is not None else []
+        for monitor in monitors:
+            poller.register(monitor, zmq.POLLIN)
         while not self.stopping.is_set():
             events = dict(poller.poll(timeout=int(self.tick_interval_s * 1000)))
+            if self.gate is not None:
+                for monitor in monitors:
+                    self.gate.drain(monitor)
+                self.coordinator.metrics.num_auth_refused = self.gate.num_refused
             if self.front.socket in events:
                 self._receive(self.front, from_client=True)
             if self.back.socket in events:
@@ -81,6 +96,14 @@ class CoordinatorServer:
                 endpoint.send(message, identity)
             except zmq.ZMQError as err:  # the peer is gone (ROUTER_MANDATORY): nothing to deliver to
                 log.warning("could not deliver %s to %r: %s", message.TYPE, identity, err.strerror)
+                if to_client and err.errno == zmq.EHOSTUNREACH:  # gone, not merely slow (EAGAIN)
+                    self._cancel_requests_of(identity)
+
+    def _cancel_requests_of(self, client: bytes) -> None:
+        """A client that vanished without Cancel: its requests stop instead of running to their limit."""
+        for request_id in [r.request_id for r in self.coordinator.requests.values() if r.client == client]:
+            self.coordinator.on_client(client, Cancel(request_id))
+        self.coordinator.outbox = [out for out in self.coordinator.outbox if out[0] != client or not out[2]]
 
     def shutdown_workers(self) -> None:
         for worker in list(self.coordinator.pool.workers.values()):
@@ -88,6 +111,8 @@ class CoordinatorServer:
                 self.back.send(Shutdown("coordinator stopping"), worker.identity)
 
     def close(self) -> None:
+        if self.gate is not None:
+            self.gate.stop()
         self.front.close()
         self.back.close()
         self.context.term()

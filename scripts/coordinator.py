@@ -6,11 +6,13 @@ import argparse
 import logging
 import sys
 
+from protocol.errors import ConfigError
 from protocol.trace import configure_from_env
 from runtime import builders
 from runtime.config import TandemConfig
 from runtime.coordinator import Coordinator
 from runtime.logs import setup_logging
+from runtime.security import server_keys
 from runtime.server import CoordinatorServer, install_signal_handlers
 
 log = logging.getLogger("coordinator")
@@ -27,9 +29,11 @@ def main() -> int:
     coordinator = Coordinator(config, builders.load_tokenizer(model), builders.read_reference(model),
                               builders.read_eos_ids(model))
     try:
+        curve = server_keys(config.security)
         server = CoordinatorServer(coordinator, config.coordinator.client_address, config.coordinator.worker_address,
-                                   max_message_bytes=config.limits.max_message_bytes)
-    except OSError as err:
+                                   max_message_bytes=config.limits.max_message_bytes,
+                                   curve=curve[0] if curve else None, client_keys_dir=curve[1] if curve else None)
+    except (OSError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     install_signal_handlers(server)

@@ -1,7 +1,8 @@
 """Launch a whole deployment from one YAML: `python scripts/launch.py --config configs/demo.yaml`.
 
 Starts the coordinator and every worker, prints a line containing `ready` once every handshake is
-done, and stops them all on Ctrl-C / SIGTERM.
+done, then supervises: a process that exits is restarted with backoff (YAML `supervision:`), so the
+deployment never goes down because one process died. Ctrl-C / SIGTERM stop them all.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from protocol.errors import TandemError
 from runtime.launch import Deployment
 from runtime.logs import setup_logging
+from runtime.supervisor import Supervisor
 
 
 def main() -> int:
@@ -34,12 +36,10 @@ def main() -> int:
         config = deployment.config
         print(f"ready: clients connect to {config.coordinator.client_address} "
               f"(mode {config.speculation.mode})", flush=True)
+        supervisor = Supervisor(deployment, config.supervision)
         while True:
-            time.sleep(0.5)
-            for name, process in deployment.processes.items():
-                if process.poll() is not None:
-                    print(f"{name} exited with code {process.returncode}", file=sys.stderr, flush=True)
-                    return 1
+            time.sleep(0.2)
+            supervisor.check()
     except TandemError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from protocol.trace import configure_from_env
 from runtime import builders
 from runtime.config import TandemConfig
 from runtime.logs import setup_logging
+from runtime.security import client_keys
 from workers.process import WorkerProcess
 
 log = logging.getLogger("worker")
@@ -35,7 +36,7 @@ def main() -> int:
     build = builders.build_verifier_worker if args.role == "verifier" else builders.build_drafter_worker
     handler = build(config, worker_id)
     process = WorkerProcess(handler, config.coordinator.worker_address, config.coordinator.heartbeat_interval_s,
-                            config.limits.max_message_bytes)
+                            config.limits.max_message_bytes, client_keys(config.security))
 
     def stop(signum: int, frame: Any) -> None:
         process.stopping.set()
