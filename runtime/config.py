@@ -184,6 +184,8 @@ def _server(top: Mapping[str, Any], base_dir: Path | None) -> ServerConfig | Non
     if server is None or template is None or "{{" in template or "{%" in template:
         return server  # no template, or Jinja text given inline
     return replace(server, chat_template=resolve_model_path(template, base_dir))
+
+
 def _security(top: Mapping[str, Any], base_dir: Path | None) -> SecurityConfig:
     """`security` with its key paths made absolute against the YAML file's directory."""
     security = _section(top, "security", SecurityConfig) or SecurityConfig()

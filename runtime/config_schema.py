@@ -291,6 +291,9 @@ class ServerConfig:
         """Where a client on this machine reaches the server (a wildcard host is reached on loopback)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "*") else self.host
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class SupervisionConfig:
     """How the launcher restarts a process that exits: exponential backoff, and a budget per window.
 

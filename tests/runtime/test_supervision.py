@@ -34,7 +34,7 @@ def reference() -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def launcher(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
-    """async speculation with a perfect drafter (the target itself), so a lost drafter shows in τ.
+    """async speculation with a perfect drafter (the target itself); a lost drafter shows in the drafts forwarded.
 
     One deployment for the module: every test leaves it whole (all workers joined) for the next.
     """
@@ -79,8 +79,10 @@ def kill_trials(launcher: Launcher, reference: list[list[int]], role: str, num_t
                 f"trial {trial}: {role} killed after chunk {at_chunk}"
             assert launcher.pid(role) != pid  # the launcher started a new one
             launcher.wait_joined()
-        again = client.generate(PROMPTS[0], max_new_tokens=MAX_NEW)  # speculation is back
-        assert again.token_ids == reference[0] and again.stats["tau"] > 1.5
+        before = client.metrics()["num_drafts_forwarded"]
+        again = client.generate(PROMPTS[0], max_new_tokens=MAX_NEW)
+        assert again.token_ids == reference[0]
+        assert client.metrics()["num_drafts_forwarded"] > before  # speculation is back: drafts reach the verifier
         metrics = client.metrics()
         assert metrics["num_errors"] == 0 and metrics["num_active"] == 0
 
@@ -139,6 +141,7 @@ def test_demo_deployment_survives_a_falcon_drafter_kill(tmp_path: Path) -> None:
                     launcher.signal("drafter", signal.SIGKILL)
             assert got == want
             launcher.wait_joined()
+            before = client.metrics()["num_drafts_forwarded"]
             again = client.generate(prompt, max_new_tokens=96)
-            assert again.token_ids == want and again.stats["tau"] > 1.0
+            assert again.token_ids == want and client.metrics()["num_drafts_forwarded"] > before
         assert launcher.stop() == 0
