@@ -100,6 +100,13 @@ class Coordinator:
             self._on_failed(worker, message)
         self._dispatch()
 
+    def on_worker_gone(self, identity: bytes) -> None:
+        """The transport cannot reach this worker any more (its socket closed): lost now, not at its timeout."""
+        worker = self.pool.workers.pop(identity, None)
+        if worker is not None:
+            self._on_worker_lost(worker)
+            self._dispatch()
+
     def on_malformed(self, identity: bytes | None, from_client: bool, reason: str) -> None:
         self.metrics.num_malformed_dropped += 1
         log.warning("dropped a malformed message from %s %r: %s", "client" if from_client else "worker",

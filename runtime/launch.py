@@ -78,7 +78,7 @@ class Deployment:
     def wait_ready(self, timeout_s: float, roles: tuple[str, ...] | None = None) -> None:
         wanted = set(roles or (("verifier", "drafter") if self.config.uses_drafter else ("verifier",)))
         deadline = time.monotonic() + timeout_s
-        with Client(self.config.coordinator.client_address, 1.0, client_keys(self.config.security)) as client:
+        with Client(self.config.coordinator.client_address, 1.0, curve=client_keys(self.config.security)) as client:
             while time.monotonic() < deadline:
                 self._check_alive()
                 try:

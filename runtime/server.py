@@ -95,9 +95,14 @@ class CoordinatorServer:
             try:
                 endpoint.send(message, identity)
             except zmq.ZMQError as err:  # the peer is gone (ROUTER_MANDATORY): nothing to deliver to
-                log.warning("could not deliver %s to %r: %s", message.TYPE, identity, err.strerror)
-                if to_client and err.errno == zmq.EHOSTUNREACH:  # gone, not merely slow (EAGAIN)
+                if err.errno != zmq.EHOSTUNREACH:  # merely slow (EAGAIN): say so, it may come back
+                    log.warning("could not deliver %s to %r: %s", message.TYPE, identity, err.strerror)
+                elif to_client:
+                    log.warning("client %r is gone: cancelling its requests", identity)
                     self._cancel_requests_of(identity)
+                elif identity in self.coordinator.pool.workers:  # gone: no need to wait for its heartbeats
+                    log.warning("worker %r is gone (%s undeliverable)", identity, message.TYPE)
+                    self.coordinator.on_worker_gone(identity)
 
     def _cancel_requests_of(self, client: bytes) -> None:
         """A client that vanished without Cancel: its requests stop instead of running to their limit."""

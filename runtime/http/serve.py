@@ -21,6 +21,7 @@ from runtime.config import TandemConfig
 from runtime.config_overrides import add_config_arguments
 from runtime.config_schema import ServerConfig
 from runtime.logs import setup_logging
+from runtime.security import client_keys
 
 log = logging.getLogger(__name__)
 CLIENT_MARGIN_S = 30.0  # the client waits this much longer than the coordinator's own request timeout
@@ -33,7 +34,8 @@ def serve(config: TandemConfig) -> None:
     from runtime.http.service import TandemService
 
     server = config.server or ServerConfig()
-    client = AsyncClient(config.coordinator.client_address, config.limits.request_timeout_s + CLIENT_MARGIN_S)
+    client = AsyncClient(config.coordinator.client_address, config.limits.request_timeout_s + CLIENT_MARGIN_S,
+                         curve=client_keys(config.security))
     app = build_app(TandemService(config, client, load_tokenizer(config.verifier.model)))
     log.info("OpenAI-compatible server on http://%s:%d/v1 for the coordinator at %s", server.host, server.port,
              config.coordinator.client_address)

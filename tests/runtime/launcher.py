@@ -55,7 +55,7 @@ class Launcher:
             raise TimeoutError(f"launcher not ready within {timeout_s} s")
 
     def client(self, timeout_s: float = 60.0) -> Client:
-        return Client(self.address, timeout_s, client_keys(self.config.security))
+        return Client(self.address, timeout_s, curve=client_keys(self.config.security))
 
     def pid(self, role: str) -> int:
         """The live child process running `role` (coordinator, verifier or drafter)."""
