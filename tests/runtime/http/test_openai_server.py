@@ -39,7 +39,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "verifier": {"model": str(TARGET), "num_threads": 1},
         "drafter": {"kind": "ngram", "num_threads": 1},
         "speculation": {"mode": "async", "tree": {"total_tokens": 8, "depth": 4, "top_k": 2}},
-        "limits": {"max_new_tokens": 512, "max_queued_requests": 1, "request_timeout_s": 120},
+        # one request driven at a time and one queued: the overload test fills both with a stopped verifier
+        "limits": {"max_new_tokens": 512, "max_queued_requests": 1, "max_running_per_verifier": 1,
+                   "request_timeout_s": 120},
         "server": {"port": free_port(), "api_keys": [KEY], "model_name": "demo",
                    "chat_template": "configs/chat_template.jinja"},
     }
