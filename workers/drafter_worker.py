@@ -114,8 +114,10 @@ class DrafterWorker:
             self.compute_s += time.perf_counter() - start
 
     def _sync_draft(self, request_id: str, request: _Request) -> Draft:
+        steps = request.session.num_draft_steps
         with tracer.span("draft_step", request=request_id, mode="sync"):
             tree = request.session.draft()
+        self.counters["num_grow_steps"] += request.session.num_draft_steps - steps
         request.owes_draft = False
         return self._draft(request_id, request, tree)
 

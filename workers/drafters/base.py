@@ -33,6 +33,7 @@ class DraftSession(ABC):
         self.tree = DraftTree.empty()
         self.num_reroot_hits = 0
         self.num_commits = 0
+        self.num_draft_steps = 0  # growth steps taken by `draft()` (sync mode)
 
     @property
     def root_token(self) -> int:
@@ -58,6 +59,7 @@ class DraftSession(ABC):
             for _ in range(math.ceil(self.config.depth / self.tokens_per_step)):
                 if not self.grow():
                     break
+                self.num_draft_steps += 1
         finally:
             self.config = living
         return self.snapshot()
