@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -40,6 +40,12 @@ from workers.verifier_request import VerifierRequest
 from workers.wire import to_blob
 
 log = logging.getLogger(__name__)
+
+
+class Choice(NamedTuple):
+    tree: DraftTree  # the nodes to verify (a prefix of the held tree in best-first order)
+    rate: float  # expected committed tokens per second
+    held_index: torch.Tensor  # their indices in the held tree
 EXPLORE_EVERY = 32  # after this many verifications without a node, verify the best one anyway
 LOOKUP_MAX_NGRAM, LOOKUP_MIN_NGRAM, LOOKUP_DEPTH, LOOKUP_MATCHES = 3, 1, 10, 4  # the verifier's own prompt lookup
 
@@ -224,8 +230,9 @@ class VerifierWorker:
     def _choose(self, request: VerifierRequest) -> DraftTree:
         """The prefix of the held tree (best nodes first) that maximises expected tokens per second.
 
-        When the drafter's tree is worth no node (or there is none), the verifier's own prompt lookup
-        gets a chance: a useless drafter then costs nothing and a repeating text still speeds up.
+        The verifier's own prompt lookup competes with the drafter's tree: whichever promises more
+        tokens per second is verified (a useless drafter then costs nothing, and a repeating text
+        speeds up even when the drafter's tree is worth a little).
         """
         problem = request.take_pending()
         if problem is not None:
@@ -233,27 +240,42 @@ class VerifierWorker:
             log.warning("dropped a malformed draft: %s", problem)
         if request.mode == "off" or request.max_tree_nodes == 0:
             return DraftTree.empty()
-        chosen = self._best_prefix(request) if request.tree.num_nodes else DraftTree.empty()
-        if chosen.num_nodes == 0 and self.local_lookup and self._look_up(request):
-            chosen = self._best_prefix(request)
-        return chosen
+        best = self._best_prefix(request)
+        if self.local_lookup and request.tree_source != "lookup":
+            held = (request.tree, request.tree_source)
+            if self._look_up(request):
+                lookup = self._best_prefix(request)
+                if lookup.rate > best.rate:
+                    best = lookup
+                else:
+                    request.tree, request.tree_source = held
+        self._verified_index = best.held_index
+        if best.tree.num_nodes == 0 and request.tree.num_nodes:
+            request.num_empty_choices += 1
+            if request.num_empty_choices % EXPLORE_EVERY == 0:  # keep the estimates honest: a drafter
+                return self._prefix(request, 1)  # that got better must be able to show it
+        return best.tree
 
-    def _best_prefix(self, request: VerifierRequest) -> DraftTree:
+    def _best_prefix(self, request: VerifierRequest) -> Choice:
+        """The best prefix of the held tree and its expected tokens per second (per the cost model)."""
+        costs = self.cost.table(request.state.length)
         held = request.tree
+        if held.num_nodes == 0:
+            return Choice(held, 1.0 / costs[0], torch.zeros(0, dtype=torch.long))
         estimates = self.acceptance[(request.params.is_greedy, request.tree_source)].estimate(held)
         order = best_first_order(estimates)
-        ordered = held.reorder(order)
-        limit = min(request.max_tree_nodes, ordered.num_nodes)
-        if not self.cost.is_known:  # nothing measured yet: verify what the budget allows
-            num = limit
-        else:
-            num = choose_num_nodes(estimates[order][:limit], self.cost.table(request.state.length)[: limit + 1])
-            if num == 0:
-                request.num_empty_choices += 1
-                if request.num_empty_choices % EXPLORE_EVERY == 0:
-                    num = 1  # keep the estimates honest: a drafter that got better must be able to show it
-        self._verified_index = order[:num]  # held-tree indices of the verified nodes
-        return ordered.prefix(num)
+        limit = min(request.max_tree_nodes, held.num_nodes)
+        sorted_estimates = estimates[order][:limit]
+        # nothing measured yet: verify what the budget allows
+        num = choose_num_nodes(sorted_estimates, costs[: limit + 1]) if self.cost.is_known else limit
+        rate = (1.0 + float(sorted_estimates[:num].sum())) / costs[num]
+        return Choice(held.reorder(order).prefix(num), rate, order[:num])
+
+    def _prefix(self, request: VerifierRequest, num: int) -> DraftTree:
+        estimates = self.acceptance[(request.params.is_greedy, request.tree_source)].estimate(request.tree)
+        order = best_first_order(estimates)
+        self._verified_index = order[:num]
+        return request.tree.reorder(order).prefix(num)
 
     def _look_up(self, request: VerifierRequest) -> bool:
         """Draft from the request's own tokens (prompt lookup): it needs no model and no round trip, so a
