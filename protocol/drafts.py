@@ -10,6 +10,7 @@ from __future__ import annotations
 from protocol.messages import Blob, Draft
 
 _ROOT = -1
+MAX_TREE_NODES = 1024  # the most nodes one draft may carry (its ancestor matrix is N x N at the verifier)
 
 
 def draft_problem(draft: Draft, max_nodes: int, vocab_size: int) -> str | None:

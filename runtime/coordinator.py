@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from protocol.drafts import draft_problem
+from protocol.drafts import MAX_TREE_NODES, draft_problem
 from protocol.errors import RequestError
 from protocol.handshake import UNKNOWN_WORKER
 from protocol.messages import (
@@ -227,9 +227,9 @@ class Coordinator:
         self._send(request.verifier, message)
 
     def _draft_problem(self, message: Draft) -> str | None:
-        """Malformed trees stop here (a living tree is at most `living_cap` nodes, a sync snapshot fewer)."""
-        budget = max(self.tree.living_cap, self.tree.total_tokens) if self.mode != "off" else 0
-        return draft_problem(message, budget, int(self.reference["vocab_size"]))
+        """Malformed trees stop here. The node bound is the verifier's: a living tree can pass `living_cap`
+        by one growth step, and the verifier picks how many nodes it checks anyway."""
+        return draft_problem(message, MAX_TREE_NODES if self.mode != "off" else 0, int(self.reference["vocab_size"]))
 
     def _finish(self, request: Request, reason: str, kept: list[int] | None = None, delta: str = "") -> None:
         """Step 5: the last chunk with the stats, then every worker frees the request."""

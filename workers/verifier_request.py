@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from protocol.drafts import MAX_TREE_NODES
 from protocol.messages import Draft
 from protocol.params import SamplingParams
 from workers.target import VerifierState
 from workers.tree import DraftTree
 from workers.wire import tree_from_blobs
 
-MAX_HELD_NODES = 1024  # a drafter's living tree beyond this is refused (its ancestor matrix is N x N)
+MAX_HELD_NODES = MAX_TREE_NODES  # a drafter's living tree beyond this is refused (its ancestor matrix is N x N)
 
 MODES = ("async", "sync", "off")
 

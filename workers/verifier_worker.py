@@ -240,11 +240,12 @@ class VerifierWorker:
             log.warning("dropped a malformed draft: %s", problem)
         if request.mode == "off" or request.max_tree_nodes == 0:
             return DraftTree.empty()
-        best = self._best_prefix(request)
+        costs = self.cost.table(request.state.length)
+        best = self._best_prefix(request, costs)
         if self.local_lookup and request.tree_source != "lookup":
             held = (request.tree, request.tree_source)
             if self._look_up(request):
-                lookup = self._best_prefix(request)
+                lookup = self._best_prefix(request, costs)
                 if lookup.rate > best.rate:
                     best = lookup
                 else:
@@ -256,9 +257,8 @@ class VerifierWorker:
                 return self._prefix(request, 1)  # that got better must be able to show it
         return best.tree
 
-    def _best_prefix(self, request: VerifierRequest) -> Choice:
+    def _best_prefix(self, request: VerifierRequest, costs: list[float]) -> Choice:
         """The best prefix of the held tree and its expected tokens per second (per the cost model)."""
-        costs = self.cost.table(request.state.length)
         held = request.tree
         if held.num_nodes == 0:
             return Choice(held, 1.0 / costs[0], torch.zeros(0, dtype=torch.long))

@@ -61,11 +61,15 @@ def extent(events: list[dict[str, Any]]) -> tuple[float, float]:
 
 
 def middle_window(events: list[dict[str, Any]], width_ms: float | None) -> tuple[float, float]:
-    """The middle `width_ms` of the trace (the whole trace when None or when it is shorter)."""
+    """`width_ms` around the middle of the verifier's work (its median `verify` span; the middle of the
+    trace when it has none), so the window shows decoding, not the idle gaps between requests; the
+    whole trace when None or when it is shorter."""
     lo, hi = extent(events)
     if width_ms is None or (hi - lo) <= width_ms * 1000:
         return lo, hi
-    mid = (lo + hi) / 2
+    starts = sorted(e["ts"] for e in spans(events) if e["name"] == "verify")
+    mid = starts[len(starts) // 2] if starts else (lo + hi) / 2
+    mid = min(max(mid, lo + width_ms * 500), hi - width_ms * 500)
     return mid - width_ms * 500, mid + width_ms * 500
 
 

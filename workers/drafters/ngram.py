@@ -45,22 +45,34 @@ def _distinct_rows(rows: torch.Tensor) -> torch.Tensor:
 
 
 def trie_from_rows(rows: torch.Tensor) -> DraftTree:
-    """Merge continuations ([M, L], -1 = padding) into a tree; prob = share of rows through a node."""
-    tree = DraftTree.empty()
-    node_of_row = torch.full((rows.shape[0],), ROOT, dtype=torch.long)
-    for level in range(rows.shape[1]):  # one pass per tree level
-        alive = rows[:, level] >= 0
-        if not bool(alive.any()):
+    """Merge continuations ([M, L], -1 = padding) into a tree; prob = share of rows through a node.
+
+    Nodes come level by level (parents first); a few rows of a few tokens, so plain Python is fastest.
+    """
+    children: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+    parents: list[int] = []
+    tokens: list[int] = []
+    passes: list[int] = []
+    ends = [ROOT] * rows.shape[0]  # the node each row has reached
+    table = rows.tolist()
+    for level in range(rows.shape[1]):
+        for r, row in enumerate(table):
+            if row[level] < 0 or (level > 0 and ends[r] == ROOT):
+                ends[r] = ROOT if row[level] < 0 else ends[r]
+                continue
+            key = (ends[r], row[level])
+            if key not in children:
+                children[key] = len(tokens)
+                parents.append(ends[r])
+                tokens.append(row[level])
+                passes.append(0)
+            node = children[key]
+            passes[node] += 1
+            ends[r] = node
+        if all(e == ROOT for e in ends):
             break
-        keys = torch.stack([node_of_row[alive], rows[alive, level]], dim=1)
-        unique, inverse, counts = torch.unique(keys, dim=0, return_inverse=True, return_counts=True)
-        parent_counts = torch.bincount(unique[:, 0] + 1, weights=counts.double(),
-                                       minlength=tree.num_nodes + 1)
-        probs = counts.double() / parent_counts[unique[:, 0] + 1]
-        base = tree.num_nodes
-        tree = tree.add(unique[:, 0], unique[:, 1], probs.float())
-        node_of_row[alive] = base + inverse
-    return tree
+    probs = [passes[i] / (len(table) if p == ROOT else passes[p]) for i, p in enumerate(parents)]
+    return DraftTree.from_lists(tokens, parents, probs)
 
 
 class NgramSession(DraftSession):

@@ -69,7 +69,10 @@ def test_summary_busy_fraction_and_wait(spans_dir: Path) -> None:
 
 def test_middle_window_and_gantt(spans_dir: Path, tmp_path: Path) -> None:
     events, _ = trace.read_events(spans_dir)
-    assert trace.middle_window(events, 0.5) == (250.0, 750.0)
+    assert trace.middle_window(events, 0.5) == (350.0, 850.0)  # centred on the median verify span (600 µs)
+    no_verify = [e for e in events if e.get("name") != "verify"]
+    lo, hi = trace.extent(no_verify)
+    assert trace.middle_window(no_verify, 0.5) == ((lo + hi) / 2 - 250, (lo + hi) / 2 + 250)  # else the middle
     assert trace.middle_window(events, 300.0) == (0.0, 1000.0)  # longer than the trace: all of it
     png = trace.gantt(events, tmp_path / "gantt.png", window_ms=0.5)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
