@@ -242,7 +242,7 @@ class VerifierWorker:
             return DraftTree.empty()
         costs = self.cost.table(request.state.length)
         best = self._best_prefix(request, costs)
-        if self.local_lookup and request.tree_source != "lookup":
+        if self.local_lookup:  # a fresh lookup, also when the held tree is an older (used-up) lookup
             held = (request.tree, request.tree_source)
             if self._look_up(request):
                 lookup = self._best_prefix(request, costs)
