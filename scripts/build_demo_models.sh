@@ -14,11 +14,11 @@ mkdir -p "$OUT" "$CKPT_DIR"
 python scripts/train_tokenizer.py --corpus stdlib --out "$OUT/tokenizer" --vocab-size 4096 --min-frequency 2
 
 python scripts/train_target.py --corpus stdlib --tokenizer "$OUT/tokenizer" --out "$OUT/target" \
-    --hidden-size 384 --num-layers 6 --num-heads 6 --num-kv-heads 2 --intermediate-size 1024 \
-    --max-position-embeddings 1024 --seq-len 256 --batch-size 16 --steps 450 \
-    --lr 1.5e-3 --warmup-steps 30 --min-lr-ratio 0.1 --weight-decay 0.1 --grad-clip 1.0 \
-    --eval-every 150 --eval-windows 64 --seed 0 --save-dtype float16 --compile \
-    --checkpoint "$CKPT_DIR/target.pt" --checkpoint-every 25 $RESUME_FLAG
+    --hidden-size 192 --num-layers 14 --num-heads 3 --num-kv-heads 1 --intermediate-size 768 \
+    --max-position-embeddings 1024 --seq-len 256 --batch-size 8 --steps 4000 \
+    --lr 3e-3 --warmup-steps 100 --min-lr-ratio 0.1 --weight-decay 0.1 --grad-clip 1.0 \
+    --eval-every 250 --eval-windows 64 --seed 0 --save-dtype float16 --compile \
+    --checkpoint "$CKPT_DIR/target.pt" --checkpoint-every 50 --log-every 25 $RESUME_FLAG
 
 python scripts/train_draft.py --corpus stdlib --tokenizer "$OUT/tokenizer" --out "$OUT/draft" \
     --teacher "$OUT/target" --hard-weight 0.0 \

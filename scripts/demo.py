@@ -6,10 +6,12 @@ print τ, tokens/s and the speedup. Everything is shut down at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from protocol.errors import ConfigError, TandemError
 from runtime.client import Client
@@ -22,6 +24,34 @@ PROMPTS = [
     "class Stack:\n    \"\"\"A last-in first-out stack.\"\"\"\n\n    def __init__(self):\n",
     "import os\n\n\ndef list_python_files(root):\n",
 ]
+
+
+def describe(config: TandemConfig) -> str:
+    """One line per model: its shape and, for a shipped demo model, its training report's headline."""
+    def read(path: Path) -> dict[str, Any]:
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    target = Path(config.verifier.model)
+    shape = read(target / "config.json")
+    report = read(target / "training_report.json")
+    lines = [f"target   {_short(target)}: {shape.get('architectures', ['?'])[0]}, {shape.get('num_hidden_layers')} layers, "
+             f"hidden {shape.get('hidden_size')}"
+             + (f", {report['parameters'] / 1e6:.1f} M parameters, {report['tokens_seen'] / 1e6:.1f} M training "
+                f"tokens, held-out loss {report['held_out_loss']:.2f} nats/token" if report.get("held_out_loss") else "")]
+    if config.drafter is not None:
+        drafter = Path(config.drafter.model) if config.drafter.model else None
+        falcon = read(drafter / "falcon_config.json") if drafter else {}
+        what = (f"Falcon, {falcon['num_layers']} layers, k = {falcon['block_size']} tokens per forward"
+                if falcon else config.drafter.kind)
+        lines.append(f"drafter  {_short(drafter) if drafter else config.drafter.kind}: {what}")
+    return "\n".join(lines)
+
+
+def _short(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def run(config_path: str, max_new_tokens: int, show: bool) -> tuple[float, float, list[list[int]]]:
@@ -55,10 +85,12 @@ def main() -> int:
     args = parser.parse_args()
     setup_logging("demo", "WARNING")
     try:
-        TandemConfig.load(args.config).check_paths()
+        config = TandemConfig.load(args.config)
+        config.check_paths()
     except ConfigError as err:
         print(f"error: {err}\n(the demo models are rebuilt by scripts/build_demo_models.sh)", file=sys.stderr)
         return 1
+    print(describe(config), flush=True)
     try:
         rate, tau, outputs = run(args.config, args.max_new_tokens, show=True)
         with tempfile.TemporaryDirectory() as tmp:

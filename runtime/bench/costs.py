@@ -105,6 +105,67 @@ def generate_step_costs(target_dir: str, context: list[int], threads: tuple[int,
     return rows
 
 
+FORWARD_POSITIONS = (1, 2, 4, 8, 16, 32)
+
+
+def forward_costs(target_dir: str, falcon_dir: str | None, draft_dir: str | None, context: list[int],
+                  repeats: int, positions: tuple[int, ...] = FORWARD_POSITIONS) -> list[dict[str, Any]]:
+    """Median ms of one forward pass over n new positions after `context` is cached, logits
+    included, for the target, the Falcon drafter (its layers and fc on fused pairs, the target's LM
+    head) and the AR draft model; each drafter row carries its ratio to the target at the same n."""
+    from workers.drafters.falcon_model import FalconDrafterModel
+    from workers.hf_model import load_causal_lm
+    from workers.kv_cache import crop, new_cache
+
+    def hf_forward(model: Any) -> Callable[[int], float]:
+        cache = new_cache()
+        with torch.no_grad():
+            model(input_ids=torch.tensor([context]), past_key_values=cache, use_cache=True)
+        start = len(context)
+
+        def run(n: int) -> float:
+            ids = torch.tensor([[context[i % start] for i in range(n)]])
+            with torch.no_grad():
+                return median_ms(lambda: model(input_ids=ids, past_key_values=cache, use_cache=True),
+                                 repeats, lambda: crop(cache, start))
+        return run
+
+    def falcon_forward(model: FalconDrafterModel) -> Callable[[int], float]:
+        hidden = model.config.hidden_size
+        cache = new_cache()
+        start = len(context)
+        with torch.no_grad():
+            pairs = model.fuse(torch.randn(1, start, hidden), torch.tensor([context]))
+            model(pairs, None, torch.arange(start)[None], cache)
+
+        def run(n: int) -> float:
+            features, ids = torch.randn(1, n, hidden), torch.tensor([context[:n]])
+            mask = torch.zeros(1, 1, n, start + n)
+            mask[0, 0, :, start:] = torch.triu(torch.full((n, n), float("-inf")), diagonal=1)
+            positions_ids = torch.arange(start, start + n)[None]
+
+            def step() -> None:
+                with torch.no_grad():
+                    model.logits(model(model.fuse(features, ids), mask, positions_ids, cache))
+            return median_ms(step, repeats, lambda: crop(cache, start))
+        return run
+
+    runners = {"target": hf_forward(load_causal_lm(target_dir))}
+    if falcon_dir:
+        runners["falcon"] = falcon_forward(FalconDrafterModel.load(falcon_dir, target_dir))
+    if draft_dir:
+        runners["AR draft"] = hf_forward(load_causal_lm(draft_dir))
+    rows = []
+    for n in positions:
+        base = runners["target"](n)
+        rows.append({"what": f"target forward, {n} positions", "ms": base, "positions": n, "model": "target"})
+        for name, run in list(runners.items())[1:]:
+            ms = run(n)
+            rows.append({"what": f"{name} forward, {n} positions", "ms": ms, "positions": n, "model": name,
+                         "ratio_to_target": ms / base})
+    return rows
+
+
 def markdown(rows: list[dict[str, Any]], header: str) -> str:
     lines = [header, "", "| what | ms |", "|---|---|", *(f"| {r['what']} | {r['ms']:.2f} |" for r in rows)]
     return "\n".join(lines) + "\n"

@@ -56,11 +56,25 @@ def window_index(num_tokens: int, batch_size: int, length: int, generator: torch
 
 def eval_windows(stream: torch.Tensor, length: int, max_windows: int) -> torch.Tensor:
     """[W, length] non-overlapping windows from the start of `stream`, spread evenly over it."""
-    total = stream.numel() // length
+    starts = eval_window_starts(stream.numel(), length, max_windows)
+    return stream[torch.tensor(starts, dtype=torch.long)[:, None] + torch.arange(length)[None, :]]
+
+
+def eval_window_starts(num_tokens: int, length: int, max_windows: int) -> list[int]:
+    """Stream offsets of the `eval_windows`: the stream cut into windows of `length`, up to
+    `max_windows` of them picked evenly from first to last."""
+    total = num_tokens // length
     if total == 0:
-        raise ValueError(f"the held-out stream has {stream.numel()} tokens, fewer than one window of {length}")
+        raise ValueError(f"the held-out stream has {num_tokens} tokens, fewer than one window of {length}")
     picks = sorted({round(float(x)) for x in torch.linspace(0, total - 1, min(max_windows, total))})
-    return stream[: total * length].view(total, length)[torch.tensor(picks, dtype=torch.long)]
+    return [pick * length for pick in picks]
+
+
+def stream_owners(doc_lengths: Sequence[int], offsets: Sequence[int]) -> list[int]:
+    """For each stream offset, the index of the document it falls in (`encode_stream` layout: each
+    document's tokens then one EOS, which belongs to that document)."""
+    ends = torch.tensor(doc_lengths, dtype=torch.long).add(1).cumsum(0)
+    return [int(i) for i in torch.searchsorted(ends, torch.tensor(offsets, dtype=torch.long), right=True)]
 
 
 def held_out_prompts(doc_ids: Sequence[Sequence[int]], num_prompts: int, min_len: int = 64,

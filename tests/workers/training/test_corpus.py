@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from workers.training.corpus import is_held_out, read_corpus, stdlib_files, stdlib_root
-from workers.training.tokens import eval_windows, held_out_prompts, random_windows, step_generator
+from workers.training.tokens import (
+    eval_window_starts,
+    eval_windows,
+    held_out_prompts,
+    random_windows,
+    step_generator,
+    stream_owners,
+)
 
 
 def test_held_out_rule_is_the_documented_hash() -> None:
@@ -65,3 +72,15 @@ def test_windows_and_prompts_are_deterministic() -> None:
     assert prompts == held_out_prompts(docs, 7, 64, 128, seed=1)
     assert all(64 <= len(p) <= 128 for p in prompts)
     assert all(p == list(range(p[0], p[0] + len(p))) for p in prompts)  # a contiguous piece of one document
+
+
+def test_stream_owners_map_offsets_to_documents_eos_included() -> None:
+    # documents of 3, 1 and 2 tokens: stream = d0 d0 d0 eos | d1 eos | d2 d2 eos
+    assert stream_owners([3, 1, 2], [0, 3, 4, 5, 6, 8]) == [0, 0, 1, 1, 2, 2]
+
+
+def test_eval_window_starts_match_the_windows() -> None:
+    stream = torch.arange(1000)
+    starts = eval_window_starts(1000, 100, 4)
+    assert starts == [0, 300, 600, 900]
+    assert eval_windows(stream, 100, 4)[:, 0].tolist() == starts
