@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
-# Rebuild the demo models from scratch on CPU: tokenizer, target, AR draft, Falcon drafter, then the
-# drafter evaluation. Flags are exactly those used for the shipped checkpoints (models/demo/README.md).
-# About 80-90 minutes on 2 CPU cores. Training checkpoints go to $CKPT_DIR; rerunning with RESUME=1
-# continues interrupted trainings. Set WITH_ABLATION=1 to also run the CSGD ablation (~25 more minutes).
+# Rebuild the demo models from scratch on CPU: tokenizer, target, AR draft, Falcon drafter (and the CSGD
+# ablation), then the evaluations. Flags are exactly those used for the shipped checkpoints
+# (models/demo/README.md). About 2.5 hours on 2 CPU cores, most of it the target.
+# Training checkpoints go to $CKPT_DIR; rerunning with RESUME=1 continues interrupted trainings (the
+# target can be trained in pieces across sessions this way). STAGES picks what runs, in this order:
+#   tokenizer target draft falcon ablation eval   (default: all but ablation; WITH_ABLATION=1 adds it)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 OUT=${OUT:-models/demo}
 CKPT_DIR=${CKPT_DIR:-/tmp/tandem_build}
 RESUME_FLAG=$([[ "${RESUME:-0}" == 1 ]] && echo --resume || true)
+STAGES=${STAGES:-"tokenizer target draft falcon $([[ "${WITH_ABLATION:-0}" == 1 ]] && echo ablation) eval"}
 mkdir -p "$OUT" "$CKPT_DIR"
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
+if stage tokenizer; then
 python scripts/train_tokenizer.py --corpus stdlib --out "$OUT/tokenizer" --vocab-size 4096 --min-frequency 2
+fi
 
+if stage target; then
 python scripts/train_target.py --corpus stdlib --tokenizer "$OUT/tokenizer" --out "$OUT/target" \
     --hidden-size 192 --num-layers 14 --num-heads 3 --num-kv-heads 1 --intermediate-size 768 \
     --max-position-embeddings 1024 --seq-len 256 --batch-size 8 --steps 4000 \
     --lr 3e-3 --warmup-steps 100 --min-lr-ratio 0.1 --weight-decay 0.1 --grad-clip 1.0 \
     --eval-every 250 --eval-windows 64 --seed 0 --save-dtype float16 --compile \
     --checkpoint "$CKPT_DIR/target.pt" --checkpoint-every 50 --log-every 25 $RESUME_FLAG
+fi
 
+if stage draft; then
 python scripts/train_draft.py --corpus stdlib --tokenizer "$OUT/tokenizer" --out "$OUT/draft" \
     --teacher "$OUT/target" --hard-weight 0.0 \
     --hidden-size 192 --num-layers 2 --num-heads 3 --num-kv-heads 1 --intermediate-size 512 \
@@ -27,21 +36,33 @@ python scripts/train_draft.py --corpus stdlib --tokenizer "$OUT/tokenizer" --out
     --lr 3e-3 --warmup-steps 20 --min-lr-ratio 0.1 --weight-decay 0.1 --grad-clip 1.0 \
     --eval-every 125 --eval-windows 64 --seed 0 --save-dtype float16 --compile \
     --checkpoint "$CKPT_DIR/draft.pt" --checkpoint-every 25 $RESUME_FLAG
+fi
 
+# τ is measured afterwards by eval_drafters.py on the same prompts for every drafter (--eval-prompts 0)
 FALCON_FLAGS=(--corpus stdlib --target "$OUT/target" --num-layers 2 --block-size 2 --seq-len 256 --batch-size 8
-    --steps 600 --lr 2e-3 --warmup-steps 30 --min-lr-ratio 0.1 --weight-decay 0.0 --grad-clip 1.0
+    --steps 800 --lr 2e-3 --warmup-steps 30 --min-lr-ratio 0.1 --weight-decay 0.0 --grad-clip 1.0
     --feature-weight 1.0 --distill-weight 1.0 --glance-ratio 0.5
-    --eval-every 150 --eval-windows 32 --eval-prompts 20 --eval-new-tokens 64 --eval-tree default
+    --eval-every 200 --eval-windows 32 --eval-prompts 0
     --seed 0 --save-dtype float16 --compile --checkpoint-every 25)
 
+if stage falcon; then
 python scripts/train_drafter.py "${FALCON_FLAGS[@]}" --out "$OUT/falcon" --checkpoint "$CKPT_DIR/falcon.pt" $RESUME_FLAG
+fi
 
-if [[ "${WITH_ABLATION:-0}" == 1 ]]; then
+if stage ablation; then
     # CSGD ablation: the same run without glancing (the shipped drafter is the glancing arm)
     python scripts/train_drafter.py "${FALCON_FLAGS[@]}" --no-glance --out "$CKPT_DIR/falcon-noglance" \
         --checkpoint "$CKPT_DIR/falcon-noglance.pt" $RESUME_FLAG
 fi
 
-python scripts/eval_drafters.py --target "$OUT/target" --falcon "$OUT/falcon" --draft "$OUT/draft" \
-    --corpus stdlib --num-prompts 20 --min-prompt-tokens 64 --max-prompt-tokens 128 --max-new-tokens 64 \
-    --trees default,static,wide --seed 0 --json "$OUT/eval.json"
+if stage eval; then
+EVAL_FLAGS=(--target "$OUT/target" --corpus stdlib --num-prompts 20 --min-prompt-tokens 64 --max-prompt-tokens 128
+    --max-new-tokens 64 --trees default,static,wide --seed 0)
+python scripts/eval_drafters.py "${EVAL_FLAGS[@]}" --falcon "$OUT/falcon" --draft "$OUT/draft" --json "$OUT/eval.json"
+if [[ -d "$CKPT_DIR/falcon-noglance" ]]; then
+    python scripts/eval_drafters.py "${EVAL_FLAGS[@]}" --falcon "$CKPT_DIR/falcon-noglance" --draft "" --no-ngram \
+        --json "$OUT/eval_noglance.json"
+fi
+python scripts/eval_target.py --target "$OUT/target" --falcon "$OUT/falcon" --draft "$OUT/draft" \
+    --json "$OUT/quality.json"
+fi

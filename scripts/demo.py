@@ -34,10 +34,13 @@ def describe(config: TandemConfig) -> str:
     target = Path(config.verifier.model)
     shape = read(target / "config.json")
     report = read(target / "training_report.json")
-    lines = [f"target   {_short(target)}: {shape.get('architectures', ['?'])[0]}, {shape.get('num_hidden_layers')} layers, "
-             f"hidden {shape.get('hidden_size')}"
-             + (f", {report['parameters'] / 1e6:.1f} M parameters, {report['tokens_seen'] / 1e6:.1f} M training "
-                f"tokens, held-out loss {report['held_out_loss']:.2f} nats/token" if report.get("held_out_loss") else "")]
+    arch = shape.get("architectures", ["?"])[0]
+    layers, hidden = shape.get("num_hidden_layers"), shape.get("hidden_size")
+    line = f"target   {_short(target)}: {arch}, {layers} layers, hidden {hidden}"
+    if report.get("held_out_loss"):
+        line += (f", {report['parameters'] / 1e6:.1f} M parameters, {report['tokens_seen'] / 1e6:.1f} M training "
+                 f"tokens, held-out loss {report['held_out_loss']:.2f} nats/token")
+    lines = [line]
     if config.drafter is not None:
         drafter = Path(config.drafter.model) if config.drafter.model else None
         falcon = read(drafter / "falcon_config.json") if drafter else {}

@@ -32,7 +32,7 @@ from runtime.bench.prompts import SHIPPED_PROMPTS, load_prompts
 from workers.hf_model import load_causal_lm
 from workers.training.corpus import read_corpus
 from workers.training.lm import greedy_completion, held_out_loss
-from workers.training.quality import distinct_ngram_ratio
+from workers.training.quality import distinct_ngram_ratio, mean_distinct_ngram_ratio
 from workers.training.tokens import encode_documents, encode_stream, eval_window_starts, eval_windows, stream_owners
 
 
@@ -64,21 +64,22 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     by_document = loss_by_document(model, windows, [d.name for d in docs],
                                    [len(ids) for ids in encode_documents(tokenizer, docs)],
                                    eval_window_starts(stream.numel(), args.seq_len, args.eval_windows))
-    samples = []
+    samples, completions = [], []
     for prompt in load_prompts(args.prompts):
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         new = greedy_completion(model, ids, args.max_new_tokens)
+        completions.append(new)
         samples.append({"prompt": prompt, "completion": tokenizer.decode(new), "num_new": len(new),
                         "distinct_4": distinct_ngram_ratio(new, 4)})
     return {"held_out": held_out_loss(model, windows), "held_out_by_document": by_document,
-            "mean_distinct_4": sum(s["distinct_4"] for s in samples) / len(samples), "samples": samples}
+            "mean_distinct_4": mean_distinct_ngram_ratio(completions, 4), "samples": samples}
 
 
 def loss_by_document(model: Any, windows: torch.Tensor, names: list[str], lengths: list[int],
                      starts: list[int]) -> list[dict[str, Any]]:
     """The held-out windows' mean loss grouped by the document each window starts in, largest share first."""
     groups: dict[str, list[float]] = {}
-    for window, owner in zip(windows, stream_owners(lengths, starts)):
+    for window, owner in zip(windows, stream_owners(lengths, starts), strict=True):
         groups.setdefault(names[owner], []).append(held_out_loss(model, window[None])["loss"])
     rows = [{"document": name, "windows": len(losses), "loss": sum(losses) / len(losses)}
             for name, losses in groups.items()]
@@ -91,14 +92,14 @@ def main(argv: list[str] | None = None) -> None:
     result = quality(args)
     print(f"held-out loss {result['held_out']['loss']:.3f} nats/token (perplexity {result['held_out']['ppl']:.1f}); "
           f"mean distinct-4-gram ratio {result['mean_distinct_4']:.3f} over {len(result['samples'])} prompts "
-          f"x {args.max_new_tokens} new tokens")
+          f"x up to {args.max_new_tokens} new tokens (a completion that ends within 3 tokens is left out)")
     top = result["held_out_by_document"][0]
     rest = [r for r in result["held_out_by_document"][1:]]
     rest_loss = sum(r["loss"] * r["windows"] for r in rest) / max(sum(r["windows"] for r in rest), 1)
     print(f"  {top['document']}: {top['windows']} windows, loss {top['loss']:.3f}; the other "
           f"{len(rest)} documents: {sum(r['windows'] for r in rest)} windows, loss {rest_loss:.3f}")
     for sample in result["samples"]:
-        print(f"  {sample['distinct_4']:.2f}  {sample['completion'][:70]!r}")
+        print(f"  {sample['distinct_4']:.2f}  {sample['num_new']:3d} tokens  {sample['completion'][:70]!r}")
     torch.set_num_threads(args.num_threads)
     tokenizer = AutoTokenizer.from_pretrained(args.target)
     context_text = "\n".join(load_prompts(args.prompts))

@@ -18,7 +18,9 @@ def distinct_ngram_ratio(token_ids: Sequence[int], n: int = 4) -> float:
 
 
 def mean_distinct_ngram_ratio(sequences: Sequence[Sequence[int]], n: int = 4) -> float:
-    """The mean of `distinct_ngram_ratio` over sequences (each sequence weighs the same)."""
-    if not sequences:
-        raise ValueError("no sequences")
-    return sum(distinct_ngram_ratio(s, n) for s in sequences) / len(sequences)
+    """The mean of `distinct_ngram_ratio` over the sequences that have an n-gram (each weighs the
+    same); a completion that stopped within n - 1 tokens says nothing about repetition and is left out."""
+    scored = [distinct_ngram_ratio(s, n) for s in sequences if len(s) >= n]
+    if not scored:
+        raise ValueError(f"no sequence has {n} tokens")
+    return sum(scored) / len(scored)

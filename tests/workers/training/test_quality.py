@@ -17,7 +17,8 @@ def test_a_loop_scores_low_and_fresh_text_scores_one() -> None:
 def test_short_sequences_and_means() -> None:
     assert distinct_ngram_ratio([1, 2, 3], 4) == 1.0
     assert mean_distinct_ngram_ratio([[1, 2, 3, 4], [9] * 5], 4) == pytest.approx((1.0 + 0.5) / 2)
+    assert mean_distinct_ngram_ratio([[9] * 5, [2]], 4) == pytest.approx(0.5)  # [2] stopped early: left out
     with pytest.raises(ValueError):
         distinct_ngram_ratio([1, 2], 0)
     with pytest.raises(ValueError):
-        mean_distinct_ngram_ratio([], 4)
+        mean_distinct_ngram_ratio([[1, 2]], 4)
