@@ -19,10 +19,11 @@ from runtime.config import TandemConfig
 from runtime.launch import Deployment, config_variant
 from runtime.logs import setup_logging
 
-PROMPTS = [
+PROMPTS = [  # the demo target is small: greedy completions look like stdlib code and soon repeat
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-    "class Stack:\n    \"\"\"A last-in first-out stack.\"\"\"\n\n    def __init__(self):\n",
-    "import os\n\n\ndef list_python_files(root):\n",
+    "def read_config(path):\n    \"\"\"Read a JSON configuration file and return it as a dict.\"\"\"\n"
+    "    with open(path) as f:\n",
+    "import os\n\n\ndef list_python_files(root):",
 ]
 
 
@@ -69,7 +70,7 @@ def run(config_path: str, max_new_tokens: int, show: bool) -> tuple[float, float
                 start = time.perf_counter()
                 ids: list[int] = []
                 if show:
-                    print(f"\n--- prompt ---\n{prompt}--- completion ({mode}) ---")
+                    print(f"\n--- prompt ---\n{prompt.rstrip(chr(10))}\n--- completion ({mode}) ---")
                 for chunk in client.stream(prompt, max_new_tokens=max_new_tokens):
                     ids += chunk.token_ids
                     if show:
