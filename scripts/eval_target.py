@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
           f"mean distinct-4-gram ratio {result['mean_distinct_4']:.3f} over {len(result['samples'])} prompts "
           f"x up to {args.max_new_tokens} new tokens (a completion that ends within 3 tokens is left out)")
     top = result["held_out_by_document"][0]
-    rest = [r for r in result["held_out_by_document"][1:]]
+    rest = result["held_out_by_document"][1:]
     rest_loss = sum(r["loss"] * r["windows"] for r in rest) / max(sum(r["windows"] for r in rest), 1)
     print(f"  {top['document']}: {top['windows']} windows, loss {top['loss']:.3f}; the other "
           f"{len(rest)} documents: {sum(r['windows'] for r in rest)} windows, loss {rest_loss:.3f}")
