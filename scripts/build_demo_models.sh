@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Rebuild the demo models from scratch on CPU: tokenizer, target, AR draft, Falcon drafter (and the CSGD
-# ablation), then the evaluations. Flags are exactly those used for the shipped checkpoints
-# (models/demo/README.md). About 2.5 hours on 2 CPU cores, most of it the target.
+# Rebuild the demo models from scratch on CPU: tokenizer, target (pre-training, then unlikelihood
+# fine-tuning), AR draft, Falcon drafter (and the CSGD ablation), then the evaluations. Flags are exactly
+# those used for the shipped checkpoints (models/demo/README.md). About 3.5 hours on 2 CPU cores.
 # Training checkpoints go to $CKPT_DIR; rerunning with RESUME=1 continues interrupted trainings (the
 # target can be trained in pieces across sessions this way). STAGES picks what runs, in this order:
-#   tokenizer target draft falcon ablation eval   (default: all but ablation; WITH_ABLATION=1 adds it)
+#   tokenizer target unlikelihood draft falcon ablation eval
+#   (default: all but ablation; WITH_ABLATION=1 adds it)
+# The pre-trained target stays in $CKPT_DIR/target-mle; the shipped one is its fine-tuned version.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 OUT=${OUT:-models/demo}
 CKPT_DIR=${CKPT_DIR:-/tmp/tandem_build}
 RESUME_FLAG=$([[ "${RESUME:-0}" == 1 ]] && echo --resume || true)
-STAGES=${STAGES:-"tokenizer target draft falcon $([[ "${WITH_ABLATION:-0}" == 1 ]] && echo ablation) eval"}
+STAGES=${STAGES:-"tokenizer target unlikelihood draft falcon $([[ "${WITH_ABLATION:-0}" == 1 ]] && echo ablation) eval"}
 mkdir -p "$OUT" "$CKPT_DIR"
 stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
@@ -20,12 +22,21 @@ python scripts/train_tokenizer.py --corpus stdlib --out "$OUT/tokenizer" --vocab
 fi
 
 if stage target; then
-python scripts/train_target.py --corpus stdlib --tokenizer "$OUT/tokenizer" --out "$OUT/target" \
+python scripts/train_target.py --corpus stdlib --tokenizer "$OUT/tokenizer" --out "$CKPT_DIR/target-mle" \
     --hidden-size 192 --num-layers 14 --num-heads 3 --num-kv-heads 1 --intermediate-size 768 \
     --max-position-embeddings 1024 --seq-len 256 --batch-size 8 --steps 4000 \
     --lr 3e-3 --warmup-steps 100 --min-lr-ratio 0.1 --weight-decay 0.1 --grad-clip 1.0 \
     --eval-every 250 --eval-windows 64 --seed 0 --save-dtype float16 --compile \
     --checkpoint "$CKPT_DIR/target.pt" --checkpoint-every 50 --log-every 25 $RESUME_FLAG
+fi
+
+if stage unlikelihood; then
+# sequence-level unlikelihood fine-tuning: greedy decoding of the pre-trained model loops
+python scripts/train_target.py --corpus stdlib --tokenizer "$OUT/tokenizer" --init "$CKPT_DIR/target-mle" \
+    --out "$OUT/target" --unlikelihood 1.0 --ul-prefix 64 --ul-new 96 --ul-ngram 4 --ul-batch 8 \
+    --seq-len 256 --batch-size 8 --steps 400 --lr 5e-4 --warmup-steps 20 --min-lr-ratio 0.1 \
+    --weight-decay 0.1 --grad-clip 1.0 --eval-every 50 --eval-windows 64 --eval-prompts 8 --seed 0 \
+    --save-dtype float16 --checkpoint "$CKPT_DIR/target-ul.pt" --checkpoint-every 25 --log-every 10 $RESUME_FLAG
 fi
 
 if stage draft; then
@@ -47,7 +58,8 @@ FALCON_FLAGS=(--corpus stdlib --target "$OUT/target" --num-layers 2 --block-size
 
 if stage falcon; then
 python scripts/train_drafter.py "${FALCON_FLAGS[@]}" --out "$OUT/falcon" --checkpoint "$CKPT_DIR/falcon.pt" $RESUME_FLAG
-# the shipped drafter was then trained on to 1,600 steps (the ablation compares both arms at 800)
+# kept as the ablation's glancing arm; the shipped drafter is then trained on to 1,600 steps
+rm -rf "$CKPT_DIR/falcon-800" && cp -r "$OUT/falcon" "$CKPT_DIR/falcon-800"
 python scripts/train_drafter.py "${FALCON_FLAGS[@]}" --steps 1600 --out "$OUT/falcon" \
     --checkpoint "$CKPT_DIR/falcon.pt" --resume
 fi
@@ -62,7 +74,9 @@ if stage eval; then
 EVAL_FLAGS=(--target "$OUT/target" --corpus stdlib --num-prompts 20 --min-prompt-tokens 64 --max-prompt-tokens 128
     --max-new-tokens 64 --trees default,static,wide --seed 0)
 python scripts/eval_drafters.py "${EVAL_FLAGS[@]}" --falcon "$OUT/falcon" --draft "$OUT/draft" --json "$OUT/eval.json"
-if [[ -d "$CKPT_DIR/falcon-noglance" ]]; then
+if [[ -d "$CKPT_DIR/falcon-noglance" ]]; then  # the ablation: both arms at 800 steps
+    python scripts/eval_drafters.py "${EVAL_FLAGS[@]}" --falcon "$CKPT_DIR/falcon-800" --draft "" --no-ngram \
+        --json "$OUT/eval_glance800.json"
     python scripts/eval_drafters.py "${EVAL_FLAGS[@]}" --falcon "$CKPT_DIR/falcon-noglance" --draft "" --no-ngram \
         --json "$OUT/eval_noglance.json"
 fi

@@ -39,7 +39,8 @@ def describe(config: TandemConfig) -> str:
     layers, hidden = shape.get("num_hidden_layers"), shape.get("hidden_size")
     line = f"target   {_short(target)}: {arch}, {layers} layers, hidden {hidden}"
     if report.get("held_out_loss"):
-        line += (f", {report['parameters'] / 1e6:.1f} M parameters, {report['tokens_seen'] / 1e6:.1f} M training "
+        tokens = report.get("tokens_seen_total", report["tokens_seen"])  # fine-tuned: with its pre-training
+        line += (f", {report['parameters'] / 1e6:.1f} M parameters, {tokens / 1e6:.1f} M training "
                  f"tokens, held-out loss {report['held_out_loss']:.2f} nats/token")
     lines = [line]
     if config.drafter is not None:
