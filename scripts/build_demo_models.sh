@@ -58,9 +58,9 @@ FALCON_FLAGS=(--corpus stdlib --target "$OUT/target" --num-layers 2 --block-size
 
 if stage falcon; then
 python scripts/train_drafter.py "${FALCON_FLAGS[@]}" --out "$OUT/falcon" --checkpoint "$CKPT_DIR/falcon.pt" $RESUME_FLAG
-# kept as the ablation's glancing arm; the shipped drafter is then trained on to 1,600 steps
+# kept as the ablation's glancing arm; the shipped drafter is then trained on to 3,200 steps
 rm -rf "$CKPT_DIR/falcon-800" && cp -r "$OUT/falcon" "$CKPT_DIR/falcon-800"
-python scripts/train_drafter.py "${FALCON_FLAGS[@]}" --steps 1600 --out "$OUT/falcon" \
+python scripts/train_drafter.py "${FALCON_FLAGS[@]}" --steps 3200 --out "$OUT/falcon" \
     --checkpoint "$CKPT_DIR/falcon.pt" --resume
 fi
 
