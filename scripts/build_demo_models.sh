@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the demo models from scratch on CPU: tokenizer, target (pre-training, then unlikelihood
 # fine-tuning), AR draft, Falcon drafter (and the CSGD ablation), then the evaluations. Flags are exactly
-# those used for the shipped checkpoints (models/demo/README.md). About 3.5 hours on 2 CPU cores.
+# those used for the shipped checkpoints (models/demo/README.md). About 4 hours on 2 CPU cores.
 # Training checkpoints go to $CKPT_DIR; rerunning with RESUME=1 continues interrupted trainings (the
 # target can be trained in pieces across sessions this way). STAGES picks what runs, in this order:
 #   tokenizer target unlikelihood draft falcon ablation eval
@@ -58,9 +58,9 @@ FALCON_FLAGS=(--corpus stdlib --target "$OUT/target" --num-layers 2 --block-size
 
 if stage falcon; then
 python scripts/train_drafter.py "${FALCON_FLAGS[@]}" --out "$OUT/falcon" --checkpoint "$CKPT_DIR/falcon.pt" $RESUME_FLAG
-# kept as the ablation's glancing arm; the shipped drafter is then trained on to 3,200 steps
+# kept as the ablation's glancing arm; the shipped drafter is then trained on to 6,400 steps
 rm -rf "$CKPT_DIR/falcon-800" && cp -r "$OUT/falcon" "$CKPT_DIR/falcon-800"
-python scripts/train_drafter.py "${FALCON_FLAGS[@]}" --steps 3200 --out "$OUT/falcon" \
+python scripts/train_drafter.py "${FALCON_FLAGS[@]}" --steps 6400 --out "$OUT/falcon" \
     --checkpoint "$CKPT_DIR/falcon.pt" --resume
 fi
 
