@@ -61,9 +61,12 @@ def build_verifier_worker(config: TandemConfig, worker_id: str) -> Any:
     apply_placement(section)
     target = TargetVerifier.from_pretrained(section.model, section.torch_dtype, section.device,
                                             section.attn_implementation)
-    speculation = config.speculation
+    speculation, limits = config.speculation, config.limits
+    max_length = section.max_length or limits.max_prompt_tokens + limits.max_new_tokens
     worker = VerifierWorker(target, worker_id, tokenizer_hash(section.model), os.path.basename(section.model),
-                            speculation.acceptance, max(speculation.tree.total_tokens, 1), speculation.local_lookup)
+                            speculation.acceptance, max(speculation.tree.total_tokens, 1), speculation.local_lookup,
+                            max_running=limits.max_running_per_verifier, max_batch=section.max_batch,
+                            max_length=max_length, prefill_chunk=section.prefill_chunk)
     if speculation.mode != "off":
         worker.calibrate()  # t(n) for the cost model; refined online
     return worker

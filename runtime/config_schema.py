@@ -155,10 +155,17 @@ class VerifierConfig(_Placement):
     SECTION: ClassVar[str] = "verifier"
 
     model: str
+    max_length: int | None = None  # tokens one slot of the KV cache holds; None = min(model context, limits)
+    max_batch: int | None = None  # requests verified in one forward; None = every running one
+    prefill_chunk: int = 256  # prompt tokens per prefill forward, interleaved with verifications
 
     def __post_init__(self) -> None:
         check_str("verifier.model", self.model)
         self._check_placement()
+        for key in ("max_length", "max_batch"):
+            if getattr(self, key) is not None:
+                check_int(f"verifier.{key}", getattr(self, key), 1)
+        check_int("verifier.prefill_chunk", self.prefill_chunk, 1)
 
 
 @dataclass(frozen=True, kw_only=True)

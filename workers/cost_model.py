@@ -218,3 +218,80 @@ def make_acceptance(kind: str) -> CalibratedAcceptance | LearnedAcceptance:
     if kind == "learned":
         return LearnedAcceptance()
     raise ValueError(f"speculation.acceptance must be 'calibrated' or 'learned', got {kind!r}")
+
+
+def expected_by_width(sorted_estimates: torch.Tensor, max_width: int) -> torch.Tensor:
+    """[max_width] expected committed tokens of one request verified at each width W = 1 .. max_width:
+    1 (the bonus) + the sum of its W - 1 best estimates (flat once its nodes run out)."""
+    values = sorted_estimates.double()[: max_width - 1]
+    out = torch.ones(max_width, dtype=torch.float64)
+    if values.numel():
+        cumulative = torch.cumsum(values, dim=0)
+        out[1: values.numel() + 1] += cumulative
+        out[values.numel() + 1:] += cumulative[-1]
+    return out
+
+
+def choose_width(expected: torch.Tensor, costs_s: Sequence[float]) -> int:
+    """The batch's common width W (root + W - 1 nodes per row) that maximises committed tokens per second.
+
+    expected: [B, max_width] per row, from `expected_by_width`; costs_s[W - 1]: seconds of one batched
+    forward of B rows at width W. Every row of a padded forward costs the same whether it fills its
+    width or not, so the batch problem reduces to one width: each row then takes its W - 1 best nodes.
+    With one row this is `choose_num_nodes`. Ties go to the narrower width.
+    """
+    total = expected.sum(dim=0)[: len(costs_s)]
+    rates = total / torch.tensor(list(costs_s[: total.numel()]), dtype=torch.float64)
+    best = torch.nonzero(rates >= rates.max() * (1 - 1e-12)).flatten()
+    return int(best[0]) + 1
+
+
+class BatchCost:
+    """t(B, W, context): seconds of one batched verification forward of B rows padded to width W.
+
+    Cells are (context band, rows) -> {width: EMA seconds}, from a start-up calibration refined online.
+    A width between measured ones is interpolated linearly; a row count between measured ones is
+    interpolated between the two nearest measured row counts (extended linearly past the largest).
+    """
+
+    def __init__(self, max_width: int, smoothing: float = 0.2) -> None:
+        self.max_width = max_width
+        self.smoothing = smoothing
+        self.cells: dict[tuple[int, int], dict[int, float]] = {}
+
+    @property
+    def is_known(self) -> bool:
+        return bool(self.cells)
+
+    def observe(self, rows: int, width: int, context: int, seconds: float) -> None:
+        cells = self.cells.setdefault((VerifyCost.band(context), rows), {})
+        old = cells.get(width)
+        cells[width] = seconds if old is None else old + self.smoothing * (seconds - old)
+
+    def table(self, rows: int, context: int) -> list[float]:
+        """[t(rows, 1), ..., t(rows, max_width)] in seconds."""
+        if not self.cells:
+            return [1.0] * self.max_width
+        band = VerifyCost.band(context)
+        bands = {b for b, _ in self.cells}
+        nearest = min(bands, key=lambda b: (abs(b - band), -b))
+        by_rows = {r: cells for (b, r), cells in self.cells.items() if b == nearest}
+        if rows in by_rows:
+            return _widths(by_rows[rows], self.max_width)
+        below = [r for r in by_rows if r < rows]
+        above = [r for r in by_rows if r > rows]
+        if below and above:
+            r0, r1 = max(below), min(above)
+        elif len(below) >= 2:
+            r0, r1 = sorted(below)[-2:]
+        else:
+            nearest_rows = min(by_rows, key=lambda r: abs(r - rows))
+            return _widths(by_rows[nearest_rows], self.max_width)
+        t0, t1 = _widths(by_rows[r0], self.max_width), _widths(by_rows[r1], self.max_width)
+        weight = (rows - r0) / (r1 - r0)
+        return [max(a + weight * (b - a), 0.0) for a, b in zip(t0, t1, strict=True)]
+
+
+def _widths(points: dict[int, float], max_width: int) -> list[float]:
+    """t(W) for W = 1 .. max_width from measured widths (interpolate() is indexed from 0)."""
+    return interpolate(points, max_width)[1:]

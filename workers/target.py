@@ -15,7 +15,9 @@ from transformers import DynamicCache
 
 from protocol.errors import ProtocolError, RequestError
 from workers import kv_cache
+from workers.batch_mask import Row, batch_inputs
 from workers.hf_model import load_causal_lm
+from workers.slot_cache import SlotCache
 from workers.tree import DraftTree
 from workers.tree_mask import tree_mask
 
@@ -105,6 +107,38 @@ class TargetVerifier:
         hidden = out.last_hidden_state[0]  # [N+1, H]
         state.pending = tree.num_nodes + 1
         return self.lm_head(hidden).float(), hidden
+
+    @torch.inference_mode()
+    def forward_rows(self, cache: SlotCache, slots: Sequence[int], starts: Sequence[int],
+                     rows: Sequence[Row]) -> torch.Tensor:
+        """One batched forward: row b's entries are written into slot slots[b] at starts[b] ... and see that
+        slot's prefix [0, starts[b]). Returns last-layer hidden states [B, W, H] (W = the widest row).
+
+        Lengths are not changed: the caller commits what it keeps (`SlotCache.compact` / `set_length`).
+        """
+        for row, start in zip(rows, starts, strict=True):
+            ids = row.token_ids
+            if ids.numel() and (int(ids.max()) >= self.vocab_size or int(ids.min()) < 0):
+                raise ProtocolError(f"token ids outside the vocabulary [0, {self.vocab_size})")
+            if start + int(row.offsets.max()) >= self.max_positions:
+                raise RequestError(f"sequence would reach position {start + int(row.offsets.max())}, beyond "
+                                   f"the model's context of {self.max_positions}")
+        width = max(row.width for row in rows)
+        kv_len = cache.begin(slots, starts, width)
+        try:
+            ids, positions, mask = batch_inputs(rows, starts, kv_len, self.dtype, self.sliding_window)
+            out = self.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                               position_ids=positions.to(self.device), past_key_values=cache, use_cache=True)
+        finally:
+            cache.end()
+        hidden: torch.Tensor = out.last_hidden_state
+        return hidden
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., H] -> [..., V] float32 logits."""
+        logits: torch.Tensor = self.lm_head(hidden).float()
+        return logits
 
     def accept(self, state: VerifierState, path: torch.Tensor) -> None:
         """Keep the root and the accepted nodes' entries right after the prefix; drop the rest."""

@@ -1,4 +1,4 @@
-"""One request as the verifier drives it: its cache, committed tokens, and the newest draft tree.
+"""One request as the verifier drives it: its cache slot, committed tokens, and the newest draft tree.
 
 The verifier is ahead of the coordinator: it commits, re-roots the tree it holds along what it just
 committed, and verifies again without waiting for anyone. Trees from the drafter arrive tagged with
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from protocol.drafts import MAX_TREE_NODES
 from protocol.messages import Draft
 from protocol.params import SamplingParams
-from workers.target import VerifierState
 from workers.tree import DraftTree
 from workers.wire import tree_from_blobs
 
@@ -22,11 +23,28 @@ MODES = ("async", "sync", "off")
 
 
 @dataclass
-class VerifierRequest:
-    """Phases: running -> stopped (a stop token or `max_length`; waits for Release). In sync mode a
-    running request is runnable only once a draft for its current epoch has arrived (`is_fresh`)."""
+class PrefillProgress:
+    """A prompt being cached in chunks (interleaved with the running requests' verifications)."""
 
-    state: VerifierState
+    token_ids: list[int]  # what the slot must hold when done
+    epoch: int  # of the Prefill message
+    sample_next: bool
+    done: int = 0  # tokens cached so far
+    features: list[torch.Tensor] = field(default_factory=list)  # per chunk, when the drafter reads them
+    compute_s: float = 0.0
+
+    @property
+    def remaining(self) -> int:
+        return len(self.token_ids) - self.done
+
+
+@dataclass
+class VerifierRequest:
+    """Phases: prefilling (chunks pending) -> running -> stopped (a stop token or `max_length`; waits for
+    Release). In sync mode a running request is runnable only once a draft for its current epoch has
+    arrived (`is_fresh`). Its slot of the verifier's cache holds x[0 .. C-1) while running."""
+
+    slot: int
     params: SamplingParams
     committed: list[int]
     max_tree_nodes: int
@@ -41,6 +59,8 @@ class VerifierRequest:
     is_stopped: bool = False
     num_empty_choices: int = 0  # verifications where the cost model chose no node (for exploration)
     num_drafts_dropped: int = 0  # drafts that no longer fit the committed tokens
+    prefill: PrefillProgress | None = None  # chunks still to cache; not runnable until done
+    verified_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # last choice
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -52,7 +72,7 @@ class VerifierRequest:
 
     @property
     def is_runnable(self) -> bool:
-        return not self.is_stopped and (self.mode != "sync" or self.is_fresh)
+        return self.prefill is None and not self.is_stopped and (self.mode != "sync" or self.is_fresh)
 
     def receive(self, draft: Draft) -> None:
         """Keep the newest draft; drafts in between are never decoded. Sync mode wants one of this epoch."""

@@ -1,9 +1,13 @@
-"""The verifier's message handler: it drives every request it holds, one verification after another.
+"""The verifier's message handler: it drives every request it holds, all of them in each forward.
 
 `handle(message)` takes prefills, the drafter's trees (forwarded by the coordinator), steering and
-releases; `step()` runs one verification of the next runnable request: choose the nodes that pay
-(workers/cost_model.py), one tree forward, acceptance, KV compaction, re-root the held tree, and a
-`Committed` for the coordinator. No socket code: the same object runs in a process and in-process.
+releases; `step()` runs one batched step: either the next chunks of the prompts being prefilled, or
+one verification of every runnable request (up to `max_batch`) in a single forward on the slot cache
+(workers/slot_cache.py): choose each request's nodes so that the whole batch commits the most tokens
+per second (workers/cost_model.py), one padded tree forward, per-row acceptance, one compaction of
+every row, re-root each held tree, and one `Committed` per request. Prefill chunks and verifications
+alternate, so a long new prompt never stalls the running requests for long. No socket code: the same
+object runs in a process and in-process.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import hashlib
 import logging
 import os
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -30,46 +34,71 @@ from protocol.messages import (
 )
 from protocol.params import SamplingParams
 from protocol.trace import tracer
-from workers.cost_model import VerifyCost, best_first_order, choose_num_nodes, make_acceptance
+from workers.batch_verify import Verdict, VerifyJob, prefill_batch, verify_batch
+from workers.cost_model import BatchCost, best_first_order, choose_width, expected_by_width, make_acceptance
 from workers.drafters.ngram import find_continuations, trie_from_rows
 from workers.sampling import choose_tokens
+from workers.slot_cache import CacheFullError, SlotCache
 from workers.target import TargetVerifier, VerifierState
 from workers.tree import DraftTree
-from workers.verification import committed_features, verify_and_accept
-from workers.verifier_request import VerifierRequest
+from workers.verification import committed_features
+from workers.verifier_request import PrefillProgress, VerifierRequest
 from workers.wire import to_blob
 
 log = logging.getLogger(__name__)
 
 
-class Choice(NamedTuple):
-    tree: DraftTree  # the nodes to verify (a prefix of the held tree in best-first order)
-    rate: float  # expected committed tokens per second
-    held_index: torch.Tensor  # their indices in the held tree
 EXPLORE_EVERY = 32  # after this many verifications without a node, verify the best one anyway
 LOOKUP_MAX_NGRAM, LOOKUP_MIN_NGRAM, LOOKUP_DEPTH, LOOKUP_MATCHES = 3, 1, 10, 4  # the verifier's own prompt lookup
+CALIBRATION_WIDTHS = (1, 2, 3, 5, 9, 17, 33, 65)  # root + 0, 1, 2, 4, 8, 16, 32, 64 nodes
+CALIBRATION_MAX_TOKENS = 1024  # rows x width beyond this are extrapolated, not measured
+
+
+class Candidate:
+    """One draft source's tree for a request, its nodes best first, and what each width would commit."""
+
+    __slots__ = ("expected", "order", "ordered", "source", "tree")
+
+    def __init__(self, tree: DraftTree, source: str, estimates: torch.Tensor, limit: int, max_width: int) -> None:
+        self.tree, self.source = tree, source
+        order = best_first_order(estimates)
+        self.order = order[:limit]
+        self.ordered = tree.reorder(order)
+        self.expected = expected_by_width(estimates[self.order], max_width)  # [max_width]
 
 
 class VerifierWorker:
     role = "verifier"
 
     def __init__(self, target: TargetVerifier, worker_id: str, tokenizer_hash: str = "", model_name: str = "",
-                 acceptance: str = "calibrated", max_tree_nodes: int = 64, local_lookup: bool = True) -> None:
+                 acceptance: str = "calibrated", max_tree_nodes: int = 64, local_lookup: bool = True,
+                 max_running: int = 32, max_batch: int | None = None, max_length: int | None = None,
+                 prefill_chunk: int = 256) -> None:
         self.target = target
         self.worker_id = worker_id
         self.tokenizer_hash = tokenizer_hash
         self.model_name = model_name
         self.requests: dict[str, VerifierRequest] = {}
-        self.cost = VerifyCost(max_tree_nodes)
+        self.max_tree_nodes = max_tree_nodes
+        self.max_batch = max(1, min(max_batch or max_running, max_running))
+        self.prefill_chunk = prefill_chunk
+        # a slot holds `capacity` committed tokens plus scratch for root + the largest tree
+        self.capacity = min(max_length or target.max_positions, target.max_positions)
+        self.cache = SlotCache.for_model(target.config, max_running, self.capacity + max_tree_nodes + 1,
+                                         target.dtype, target.device)
+        log.info("slot KV cache: %d slots x %d positions = %.1f MiB on %s", max_running, self.cache.max_len,
+                 self.cache.nbytes / 2**20, target.device)
+        self.cost = BatchCost(max_tree_nodes + 1)
         # estimates per (greedy?, tree source): a drafter's trees and the verifier's own lookups differ
         self.acceptance = {(greedy, source): make_acceptance(acceptance)
                            for greedy in (True, False) for source in ("drafter", "lookup")}
         self.local_lookup = local_lookup
         self.compute_s = 0.0
         self.counters = {"num_verifications": 0, "num_drafts": 0, "num_drafts_dropped": 0, "num_nodes_verified": 0,
-                         "num_drafts_malformed": 0, "num_lookups": 0}
+                         "num_drafts_malformed": 0, "num_lookups": 0, "num_batches": 0, "num_prefill_chunks": 0,
+                         "num_failed": 0}
         self._order: list[str] = []  # round-robin order of request ids
-        self._verified_index = torch.zeros(0, dtype=torch.long)  # of the last _choose, in the held tree
+        self._prefill_turn = True  # prefill chunks and verifications alternate while both are due
 
     def hello(self) -> Hello:
         return Hello(self.worker_id, self.role, PROTOCOL_VERSION, str(self.target.device),
@@ -77,32 +106,44 @@ class VerifierWorker:
                      pid=os.getpid())
 
     def stats(self) -> dict[str, Any]:
-        return {"num_requests": len(self.requests), "compute_s": self.compute_s, **self.counters}
+        return {"num_requests": len(self.requests), "compute_s": self.compute_s, "free_slots": self.cache.num_free,
+                **self.counters}
 
     # ---- start-up ------------------------------------------------------------------------------------
 
-    def calibrate(self, context: int = 128, sizes: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32, 64),
-                  repeats: int = 3) -> dict[int, float]:
-        """Measure t(n) on chain trees after a random prefix of `context` tokens (best of `repeats`)."""
+    def calibrate(self, context: int = 128, widths: tuple[int, ...] = CALIBRATION_WIDTHS,
+                  repeats: int = 2) -> dict[tuple[int, int], float]:
+        """Measure t(B, W): batched verifications of B rows at width W after `context` random tokens."""
         generator = torch.Generator().manual_seed(0)
-        context = max(2, min(context, self.target.max_positions // 2))
+        context = max(2, min(context, self.capacity // 2))
         prompt = torch.randint(0, self.target.vocab_size, (context,), generator=generator).tolist()
-        state = VerifierState()
-        self.target.prefill(state, prompt[:-1])
-        measured: dict[int, float] = {}
-        for n in (s for s in sizes if s <= self.cost.max_nodes):
-            tree = DraftTree.from_lists(prompt[:n] if n <= context else [0] * n, list(range(-1, n - 1)), [0.5] * n)
-            best = float("inf")
-            for _ in range(repeats + 1):  # the first run warms up
-                start = time.perf_counter()
-                self.target.verify(state, prompt[-1], tree)
-                self.target.accept(state, torch.zeros(0, dtype=torch.long))
-                best = min(best, time.perf_counter() - start)
-                self.target.rollback(state, context - 1)
-            measured[n] = best
-            self.cost.observe(n, context, best)
+        row_counts = sorted({min(2**i, self.max_batch) for i in range(self.max_batch.bit_length() + 1)})
+        slots = [self.cache.allocate() for _ in range(min(self.cache.num_free, row_counts[-1]))]
+        measured: dict[tuple[int, int], float] = {}
+        try:
+            prefill_batch(self.target, self.cache, slots[:1], [0], [prompt[:-1]])
+            for tensor in (*self.cache.keys, *self.cache.values):  # every slot holds the same prefix
+                tensor[slots[1:]] = tensor[slots[0]].clone()
+            for rows in (r for r in row_counts if r <= len(slots)):
+                for width in (w for w in widths if w <= self.cost.max_width):
+                    if rows * width > CALIBRATION_MAX_TOKENS and width > 1:
+                        continue
+                    tree = DraftTree.from_lists(prompt[: width - 1], list(range(-1, width - 2)), [0.5] * (width - 1))
+                    jobs = [VerifyJob(s, context - 1, prompt[-1], tree, SamplingParams()) for s in slots[:rows]]
+                    best = float("inf")
+                    for _ in range(repeats + 1):  # the first run warms up
+                        for s in slots[:rows]:
+                            self.cache.set_length(s, context - 1)
+                        begin = time.perf_counter()
+                        verify_batch(self.target, self.cache, jobs)
+                        best = min(best, time.perf_counter() - begin)
+                    measured[(rows, width)] = best
+                    self.cost.observe(rows, width, context, best)
+        finally:
+            for s in slots:
+                self.cache.release(s)
         log.info("verify cost at context %d: %s", context,
-                 ", ".join(f"t({n})={s * 1e3:.1f} ms" for n, s in measured.items()))
+                 ", ".join(f"t({b}x{w})={s * 1e3:.1f} ms" for (b, w), s in measured.items()))
         return measured
 
     # ---- messages ------------------------------------------------------------------------------------
@@ -111,42 +152,52 @@ class VerifierWorker:
         request_id = getattr(message, "request_id", "")
         try:
             if isinstance(message, Prefill):
-                return [self._prefill(message)]
+                return self._prefill(message)
             if isinstance(message, Draft):
                 self._offer(message)
                 return []
             if isinstance(message, Steer):
                 return self._steer(message)
             if isinstance(message, Release):
-                self.requests.pop(message.request_id, None)
+                self._release(message.request_id)
                 return []
+        except CacheFullError as err:
+            return [Failed(request_id, "overloaded", str(err))]
         except (RequestError, ProtocolError, ValueError) as err:
             return [Failed(request_id, "bad_request", str(err))]
+        except Exception as err:  # the boundary: fail this request, keep serving every other one
+            log.exception("verifier failed on %s for %s", message.TYPE, request_id)
+            self._release(request_id)
+            return [Failed(request_id, "internal", f"verifier error: {type(err).__name__}: {err}")]
         return [Failed(request_id, "unexpected", f"a verifier does not handle {message.TYPE!r} messages")]
 
-    def _prefill(self, message: Prefill) -> Committed:
-        start = time.perf_counter()
+    def _release(self, request_id: str) -> None:
+        request = self.requests.pop(request_id, None)
+        if request is not None:
+            self.cache.release(request.slot)
+
+    def _prefill(self, message: Prefill) -> list[Message]:
         params = SamplingParams(**message.sampling)
         if not message.token_ids:
             raise RequestError("prefill needs at least one token")
-        cached = message.token_ids if message.sample_next else message.token_ids[:-1]
-        state = VerifierState()
-        logits, features = self.target.prefill(state, cached) if cached else (None, None)
-        request = VerifierRequest(state, params, list(message.token_ids), min(message.max_tree_nodes,
-                                  self.cost.max_nodes), message.mode, message.want_features,
-                                  message.max_length, frozenset(message.stop_token_ids))
+        self.target.check_prompt(message.token_ids)
+        max_length = message.max_length or self.capacity
+        if max_length > self.capacity or len(message.token_ids) > self.capacity:
+            raise RequestError(f"the request needs {max(max_length, len(message.token_ids))} positions; a slot of "
+                               f"this verifier holds {self.capacity} (verifier.max_length)")
+        self._release(message.request_id)  # a resync rebuilds the slot from the committed tokens
+        request = VerifierRequest(self.cache.allocate(), params, list(message.token_ids),
+                                  min(message.max_tree_nodes, self.max_tree_nodes), message.mode,
+                                  message.want_features, max_length, frozenset(message.stop_token_ids))
         request.is_fresh = not message.sample_next  # a resync: no draft is owed, so sync mode steps once alone
+        cached = message.token_ids if message.sample_next else message.token_ids[:-1]
+        request.prefill = PrefillProgress(list(cached), message.epoch, message.sample_next)
         self.requests[message.request_id] = request
         if message.request_id not in self._order:
             self._order.append(message.request_id)
-        tokens: list[int] = []
-        if message.sample_next:
-            assert logits is not None
-            position = torch.tensor([len(message.token_ids)])
-            tokens = [int(choose_tokens(logits[None], params, position)[0])]
-            request.commit(tokens)
-        send = features if message.want_features and features is not None else None
-        return self._committed(message.request_id, message.epoch, tokens, 0, 0, send, start)
+        if not cached:  # a one-token resync: nothing to cache
+            return [self._prefilled(message.request_id, request)]
+        return []
 
     def _offer(self, message: Draft) -> None:
         request = self.requests.get(message.request_id)
@@ -166,49 +217,136 @@ class VerifierWorker:
             return []
         start = time.perf_counter()
         _, features = self.target.prefill(VerifierState(), request.committed[:-1])  # a throwaway cache
-        return [self._committed(message.request_id, request.epoch, [], 0, 0, features, start)]
+        return [self._committed(message.request_id, request.epoch, [], 0, 0, features, time.perf_counter() - start)]
+
+    # ---- steps ---------------------------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        return any(r.prefill is not None or r.is_runnable for r in self.requests.values())
+
+    def step(self) -> list[Message]:
+        """One batched step: the next prompt chunks, or one verification of every runnable request.
+
+        While both are due they alternate (vLLM's chunked prefill, as separate forwards): a new prompt
+        costs the running requests at most one chunk's forward between two of their verifications.
+        """
+        self._order = [r for r in self._order if r in self.requests]
+        prefilling = [r for r in self._order if self.requests[r].prefill is not None]
+        runnable = [r for r in self._order if self.requests[r].is_runnable]
+        if prefilling and (self._prefill_turn or not runnable):
+            self._prefill_turn = False
+            return self._prefill_step(prefilling)
+        self._prefill_turn = True
+        if not runnable:
+            return []
+        chosen = runnable[: self.max_batch]
+        for request_id in chosen:  # round-robin: those verified now go to the back
+            self._order.remove(request_id)
+            self._order.append(request_id)
+        return self._verify_step(chosen)
+
+    def _prefill_step(self, request_ids: list[str]) -> list[Message]:
+        """Cache up to `prefill_chunk` prompt tokens, first come first served, in one forward."""
+        start = time.perf_counter()
+        budget, rows = self.prefill_chunk, []
+        for request_id in request_ids:
+            progress = self.requests[request_id].prefill
+            assert progress is not None
+            take = min(progress.remaining, budget)
+            if take <= 0:
+                break
+            rows.append((request_id, progress, take))
+            budget -= take
+        replies: list[Message] = []
+        try:
+            with tracer.span("prefill", rows=len(rows), tokens=self.prefill_chunk - budget):
+                hidden = prefill_batch(self.target, self.cache, [self.requests[r].slot for r, _, _ in rows],
+                                       [p.done for _, p, _ in rows],
+                                       [p.token_ids[p.done: p.done + take] for _, p, take in rows])
+        except Exception as err:  # one forward for several prompts: retry them alone so only the culprit fails
+            if len(rows) == 1:
+                return [self._fail(rows[0][0], err)]
+            return [reply for r, _, _ in rows for reply in self._prefill_step([r])]
+        self.counters["num_prefill_chunks"] += 1
+        elapsed = (time.perf_counter() - start) / len(rows)
+        for (request_id, progress, take), states in zip(rows, hidden, strict=True):
+            progress.done += take
+            progress.compute_s += elapsed
+            request = self.requests[request_id]
+            if request.want_features or progress.done == len(progress.token_ids):
+                progress.features.append(states)
+            if progress.remaining == 0:
+                replies.append(self._prefilled(request_id, request))
+        return replies
+
+    def _prefilled(self, request_id: str, request: VerifierRequest) -> Committed:
+        """The last chunk is cached: sample the first token of a new request, reply with the features."""
+        progress = request.prefill
+        assert progress is not None
+        request.prefill = None
+        tokens: list[int] = []
+        if progress.sample_next:
+            logits = self.target.logits(progress.features[-1][-1:])[0]
+            position = torch.tensor([len(progress.token_ids)])
+            tokens = [int(choose_tokens(logits[None], request.params, position)[0])]
+            request.commit(tokens)
+        features = torch.cat(progress.features) if request.want_features and progress.features else None
+        return self._committed(request_id, progress.epoch, tokens, 0, 0, features, progress.compute_s)
+
+    def _fail(self, request_id: str, err: Exception) -> Failed:
+        """A request that cannot go on: it stops here (its slot is freed on Release); the others go on."""
+        request = self.requests.get(request_id)
+        if request is not None:
+            request.is_stopped, request.prefill = True, None
+        self.counters["num_failed"] += 1
+        if isinstance(err, (RequestError, ProtocolError, ValueError)):
+            return Failed(request_id, "bad_request", str(err))
+        log.error("verification of %s failed", request_id, exc_info=err)
+        return Failed(request_id, "internal", f"verifier error: {type(err).__name__}: {err}")
 
     # ---- verification --------------------------------------------------------------------------------
 
-    def has_work(self) -> bool:
-        return any(r.is_runnable for r in self.requests.values())
-
-    def step(self) -> list[Message]:
-        """One verification of the runnable request that waited longest."""
-        self._order = [r for r in self._order if r in self.requests]
-        request_id = next((r for r in self._order if self.requests[r].is_runnable), None)
-        if request_id is None:
-            return []
-        self._order.remove(request_id)
-        self._order.append(request_id)
-        request = self.requests[request_id]
-        try:
-            return [self._verify(request_id, request)]
-        except (RequestError, ProtocolError, ValueError) as err:  # e.g. the model's context is full
-            request.is_stopped = True
-            return [Failed(request_id, "bad_request", str(err))]
-
-    def _verify(self, request_id: str, request: VerifierRequest) -> Committed:
+    def _verify_step(self, request_ids: list[str]) -> list[Message]:
+        """One forward for every chosen request; a failure of the shared forward is retried row by row."""
+        requests = [self.requests[r] for r in request_ids]
         start = time.perf_counter()
-        epoch, context = request.epoch, request.state.length
-        with tracer.span("choose"):
-            tree = self._choose(request)
-        with tracer.span("verify", request=request_id, nodes=tree.num_nodes, held=request.tree.num_nodes,
-                         context=context):
-            path, bonus, hidden = verify_and_accept(self.target, request.state, epoch, request.committed[-1], tree,
-                                                    request.params)
-        tokens = [*tree.token_ids[path].tolist(), bonus]
-        with tracer.span("learn"):
-            self._learn(request.tree, tree, tokens, (request.params.is_greedy, request.tree_source))
-            is_hit = request.commit(tokens)
-            features = committed_features(hidden, path) if request.want_features else None
+        with tracer.span("choose", rows=len(requests)):
+            trees = self._choose_batch(requests)
+        jobs = [VerifyJob(r.slot, r.epoch - 1, r.committed[-1], tree, r.params)
+                for r, tree in zip(requests, trees, strict=True)]
+        width = 1 + max(tree.num_nodes for tree in trees)
+        context = max(r.epoch for r in requests)
+        try:
+            with tracer.span("verify", rows=len(jobs), width=width, nodes=sum(t.num_nodes for t in trees),
+                             context=context):
+                began = time.perf_counter()
+                verdicts = verify_batch(self.target, self.cache, jobs)
+                forward_s = time.perf_counter() - began
+        except Exception as err:
+            if len(jobs) == 1:
+                return [self._fail(request_ids[0], err)]
+            log.warning("batched verification of %d requests failed (%s): verifying them one by one",
+                        len(jobs), err)
+            return [reply for r in request_ids for reply in self._verify_step([r])]
+        self.cost.observe(len(jobs), width, context, forward_s)
+        self.counters["num_batches"] += 1
+        with tracer.span("learn", rows=len(jobs)):
+            share = (time.perf_counter() - start) / len(jobs)
+            return [self._apply(request_id, request, job, verdict, share)
+                    for request_id, request, job, verdict in zip(request_ids, requests, jobs, verdicts, strict=True)]
+
+    def _apply(self, request_id: str, request: VerifierRequest, job: VerifyJob, verdict: Verdict,
+               compute_s: float) -> Committed:
+        epoch, tree = request.epoch, job.tree
+        tokens = [*tree.token_ids[verdict.path].tolist(), verdict.bonus]
+        self._learn(request, tree, tokens, (request.params.is_greedy, request.tree_source))
+        is_hit = request.commit(tokens)
+        features = committed_features(verdict.hidden, verdict.path) if request.want_features else None
         self.counters["num_verifications"] += 1
         self.counters["num_nodes_verified"] += tree.num_nodes
-        reply = self._committed(request_id, epoch, tokens, tree.max_depth, tree.num_nodes, features, start, is_hit)
-        self.cost.observe(tree.num_nodes, context, reply.compute_s)
-        return reply
+        return self._committed(request_id, epoch, tokens, tree.max_depth, tree.num_nodes, features, compute_s, is_hit)
 
-    def _learn(self, held: DraftTree, verified: DraftTree, tokens: list[int], key: tuple[bool, str]) -> None:
+    def _learn(self, request: VerifierRequest, verified: DraftTree, tokens: list[int], key: tuple[bool, str]) -> None:
         """Feed the acceptance estimates every verdict this verification settled, verified or not.
 
         A held node at depth <= len(tokens) would have been accepted exactly when it lies on the path the
@@ -216,84 +354,99 @@ class VerifierWorker:
         verification of no node teaches the estimates about depth 1. Verified nodes deeper than that
         were rejected (an ancestor was). Deeper unverified nodes are unknown and left out.
         """
+        held = request.tree
+        if held.num_nodes == 0:
+            return
         on_path = torch.zeros(held.num_nodes, dtype=torch.bool)
         on_path[held.follow(tokens)] = True
         known = held.depths <= len(tokens)
         if verified.num_nodes:  # the verified nodes are the first ones of the held tree's best-first order
-            deeper = torch.zeros(held.num_nodes, dtype=torch.bool)
-            deeper[self._verified_index] = True
-            known |= deeper
+            known[request.verified_index] = True
         index = torch.nonzero(known).flatten()
         if index.numel():
             self.acceptance[key].update(held.select(index), on_path[index])
 
-    def _choose(self, request: VerifierRequest) -> DraftTree:
-        """The prefix of the held tree (best nodes first) that maximises expected tokens per second.
+    def _choose_batch(self, requests: list[VerifierRequest]) -> list[DraftTree]:
+        """Each request's nodes to verify, chosen for the whole batch (docs/design.md §4, batching).
 
-        The verifier's own prompt lookup competes with the drafter's tree: whichever promises more
-        tokens per second is verified (a useless drafter then costs nothing, and a repeating text
-        speeds up even when the drafter's tree is worth a little).
+        Every draft source of a request (the drafter's tree it holds, the verifier's own prompt lookup)
+        offers its nodes best first; a padded forward costs t(B, W) whatever each row fills, so the batch
+        picks the one width W that maximises the batch's expected committed tokens per second, and each
+        request verifies its best source's W - 1 best nodes. At one request this is the single-request
+        choice (a useless drafter then costs nothing; a repeating text speeds up even when the drafter's
+        tree is worth a little).
         """
+        options = [self._candidates(request) for request in requests]
+        max_width = 1 + max((len(c.order) for cands in options for c in cands), default=0)
+        if max_width == 1:
+            return [self._take(r, None, 0) for r in requests]
+        expected = torch.ones(len(requests), max_width, dtype=torch.float64)
+        for b, cands in enumerate(options):
+            for candidate in cands:
+                expected[b] = torch.maximum(expected[b], candidate.expected[:max_width])
+        if self.cost.is_known:
+            width = choose_width(expected, self.cost.table(len(requests), max(r.epoch for r in requests)))
+        else:  # nothing measured yet: verify what the budget allows
+            width = max_width
+        if width == 1 and any(r.tree.num_nodes and (r.num_empty_choices + 1) % EXPLORE_EVERY == 0 for r in requests):
+            width = 2  # keep the estimates honest: a drafter that got better must be able to show it
+        trees = []
+        for request, cands in zip(requests, options, strict=True):
+            best = max(cands, key=lambda c: float(c.expected[min(width, max_width) - 1]), default=None)
+            trees.append(self._take(request, best, width - 1))
+        return trees
+
+    def _candidates(self, request: VerifierRequest) -> list[Candidate]:
         problem = request.take_pending()
         if problem is not None:
             self.counters["num_drafts_malformed"] += 1
             log.warning("dropped a malformed draft: %s", problem)
         if request.mode == "off" or request.max_tree_nodes == 0:
-            return DraftTree.empty()
-        costs = self.cost.table(request.state.length)
-        best = self._best_prefix(request, costs)
+            return []
+        room = self.target.max_positions - request.epoch  # the deepest node must stay inside the model's context
+        found = []
+        if request.tree.num_nodes:
+            found.append(self._candidate(request, request.tree, request.tree_source, room))
         if self.local_lookup:  # a fresh lookup, also when the held tree is an older (used-up) lookup
-            held = (request.tree, request.tree_source)
-            if self._look_up(request):
-                lookup = self._best_prefix(request, costs)
-                if lookup.rate > best.rate:
-                    best = lookup
-                else:
-                    request.tree, request.tree_source = held
-        self._verified_index = best.held_index
-        if best.tree.num_nodes == 0 and request.tree.num_nodes:
+            lookup = self._look_up(request)
+            if lookup is not None:
+                found.append(self._candidate(request, lookup, "lookup", room))
+        return found
+
+    def _candidate(self, request: VerifierRequest, tree: DraftTree, source: str, room: int) -> Candidate:
+        if tree.max_depth > room:
+            tree = tree.select(torch.nonzero(tree.depths <= room).flatten())
+        estimates = self.acceptance[(request.params.is_greedy, source)].estimate(tree)
+        limit = min(request.max_tree_nodes, tree.num_nodes)
+        return Candidate(tree, source, estimates, limit, self.max_tree_nodes + 1)
+
+    def _take(self, request: VerifierRequest, candidate: Candidate | None, num: int) -> DraftTree:
+        """The request verifies `num` best nodes of `candidate`, which it now holds (None: no node)."""
+        if candidate is None:
+            request.verified_index = torch.zeros(0, dtype=torch.long)
+            return DraftTree.empty()
+        num = min(num, len(candidate.order))
+        request.tree, request.tree_source = candidate.tree, candidate.source
+        request.verified_index = candidate.order[:num]
+        if num == 0:
             request.num_empty_choices += 1
-            if request.num_empty_choices % EXPLORE_EVERY == 0:  # keep the estimates honest: a drafter
-                return self._prefix(request, 1)  # that got better must be able to show it
-        return best.tree
+        return candidate.ordered.prefix(num)
 
-    def _best_prefix(self, request: VerifierRequest, costs: list[float]) -> Choice:
-        """The best prefix of the held tree and its expected tokens per second (per the cost model)."""
-        held = request.tree
-        if held.num_nodes == 0:
-            return Choice(held, 1.0 / costs[0], torch.zeros(0, dtype=torch.long))
-        estimates = self.acceptance[(request.params.is_greedy, request.tree_source)].estimate(held)
-        order = best_first_order(estimates)
-        limit = min(request.max_tree_nodes, held.num_nodes)
-        sorted_estimates = estimates[order][:limit]
-        # nothing measured yet: verify what the budget allows
-        num = choose_num_nodes(sorted_estimates, costs[: limit + 1]) if self.cost.is_known else limit
-        rate = (1.0 + float(sorted_estimates[:num].sum())) / costs[num]
-        return Choice(held.reorder(order).prefix(num), rate, order[:num])
-
-    def _prefix(self, request: VerifierRequest, num: int) -> DraftTree:
-        estimates = self.acceptance[(request.params.is_greedy, request.tree_source)].estimate(request.tree)
-        order = best_first_order(estimates)
-        self._verified_index = order[:num]
-        return request.tree.reorder(order).prefix(num)
-
-    def _look_up(self, request: VerifierRequest) -> bool:
+    def _look_up(self, request: VerifierRequest) -> DraftTree | None:
         """Draft from the request's own tokens (prompt lookup): it needs no model and no round trip, so a
-        drafter's miss does not cost a verifier-only step when the text repeats. True if it found one."""
+        drafter's miss does not cost a verifier-only step when the text repeats."""
         rows = find_continuations(torch.tensor(request.committed), LOOKUP_MAX_NGRAM, LOOKUP_MIN_NGRAM,
                                   LOOKUP_DEPTH, LOOKUP_MATCHES)
         if not rows.numel():
-            return False
+            return None
         self.counters["num_lookups"] += 1
-        request.tree, request.tree_source = trie_from_rows(rows), "lookup"
-        return True
+        return trie_from_rows(rows)
 
     def _committed(self, request_id: str, epoch: int, tokens: list[int], depth: int, num_nodes: int,
-                   features: torch.Tensor | None, start: float, is_hit: bool = False) -> Committed:
-        elapsed = time.perf_counter() - start
-        self.compute_s += elapsed
+                   features: torch.Tensor | None, compute_s: float, is_hit: bool = False) -> Committed:
+        self.compute_s += compute_s
         blob = to_blob(features.float()) if features is not None else None
-        return Committed(request_id, epoch, tokens, depth, blob, elapsed, num_nodes, is_hit)
+        return Committed(request_id, epoch, tokens, depth, blob, compute_s, num_nodes, is_hit)
 
 
 def fingerprint(vocab_size: int, hidden_size: int, tokenizer_hash: str, model_name: str) -> dict[str, Any]:

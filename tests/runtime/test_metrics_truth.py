@@ -28,10 +28,10 @@ class RecordingVerifier(VerifierWorker):
         self.held: list[DraftTree] = []
         self.verified: list[DraftTree] = []
 
-    def _choose(self, request: VerifierRequest) -> DraftTree:
-        chosen = super()._choose(request)
-        self.held.append(request.tree)
-        self.verified.append(chosen)
+    def _choose_batch(self, requests: list[VerifierRequest]) -> list[DraftTree]:
+        chosen = super()._choose_batch(requests)
+        self.held.extend(request.tree for request in requests)
+        self.verified.extend(chosen)
         return chosen
 
 
@@ -73,7 +73,7 @@ def run() -> tuple[Coordinator, RecordingVerifier, list[Committed], dict[str, An
                 if not handler.has_work():
                     break
                 for reply in handler.step():
-                    if isinstance(reply, Committed) and reply.token_ids:
+                    if isinstance(reply, Committed) and reply.token_ids and reply.epoch > len(PROMPT):  # not the prefill
                         results.append(reply)
                     coordinator.on_worker(identity, wire(reply))
     reference = hf_greedy(tiny_model("llama", seed=11), PROMPT, 60)  # stops early at EOS; we ignore EOS

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from protocol.messages import Draft
 from protocol.params import SamplingParams
-from workers.target import VerifierState
 from workers.tree import ROOT, DraftTree
 from workers.verifier_request import VerifierRequest
 from workers.wire import tree_blobs
@@ -13,7 +12,7 @@ PROMPT = [1, 2, 3, 4]  # committed; the root is 4
 
 
 def request(mode: str = "async") -> VerifierRequest:
-    return VerifierRequest(VerifierState(), SamplingParams(), list(PROMPT), 16, mode, False, 0, frozenset({99}))
+    return VerifierRequest(0, SamplingParams(), list(PROMPT), 16, mode, False, 0, frozenset({99}))
 
 
 def chain_tree() -> DraftTree:
@@ -80,7 +79,7 @@ def test_stop_tokens_and_length_stop_the_request() -> None:
     r = request()
     r.commit([5, 99])
     assert r.is_stopped and not r.is_runnable
-    r2 = VerifierRequest(VerifierState(), SamplingParams(), list(PROMPT), 16, "off", False, 6, frozenset())
+    r2 = VerifierRequest(0, SamplingParams(), list(PROMPT), 16, "off", False, 6, frozenset())
     r2.commit([5])
     assert not r2.is_stopped
     r2.commit([6, 7])

@@ -1,0 +1,78 @@
+"""Verification of many requests in one forward on the slot cache: per-row choice, acceptance, compaction.
+
+The pure per-row math is the single-request path's (workers/acceptance.py, workers/sampling.py); only
+the forward and the compaction are shared by the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from protocol.params import SamplingParams
+from workers.acceptance import accept_path
+from workers.batch_mask import Row
+from workers.sampling import choose_tokens
+from workers.slot_cache import SlotCache
+from workers.target import TargetVerifier
+from workers.tree import DraftTree
+
+
+@dataclass(frozen=True)
+class VerifyJob:
+    """One request's part of a batched verification."""
+
+    slot: int
+    start: int  # cached positions: C - 1 (the root is written at `start`)
+    root: int  # x[C-1]
+    tree: DraftTree
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class Verdict:
+    path: torch.Tensor  # accepted node indices in depth order
+    bonus: int
+    hidden: torch.Tensor  # [1 + n, H] last-layer states of root + nodes
+    logits: torch.Tensor  # [1 + n, V] float32: row 0 after the root, row 1 + i after node i
+
+
+@torch.inference_mode()
+def verify_batch(target: TargetVerifier, cache: SlotCache, jobs: Sequence[VerifyJob]) -> list[Verdict]:
+    """Verify every job's tree in one forward and keep each row's root + accepted path in its slot."""
+    rows = [Row.tree(job.root, job.tree) for job in jobs]
+    slots, starts = [job.slot for job in jobs], [job.start for job in jobs]
+    hidden = target.forward_rows(cache, slots, starts, rows)  # [B, W, H]
+    widths = [row.width for row in rows]
+    flat = torch.cat([hidden[b, :w] for b, w in enumerate(widths)])  # [sum n, H]: padding gets no LM head
+    logits = target.logits(flat)
+    greedy = all(job.params.is_greedy for job in jobs)
+    chosen_all = torch.argmax(logits, dim=-1).cpu() if greedy else None
+    verdicts, keep = [], []
+    offset = 0
+    for job, width in zip(jobs, widths, strict=True):
+        row_logits = logits[offset: offset + width]
+        if chosen_all is not None:
+            chosen = chosen_all[offset: offset + width]
+        else:  # the token each row predicts sits at position C + depth
+            positions = job.start + 1 + torch.cat([torch.zeros(1, dtype=torch.long), job.tree.depths])
+            chosen = choose_tokens(row_logits, job.params, positions).cpu()
+        path, bonus = accept_path(job.tree, chosen)
+        verdicts.append(Verdict(path, bonus, flat[offset: offset + width], row_logits))
+        keep.append([0, *(1 + path).tolist()])
+        offset += width
+    cache.compact(slots, starts, keep)
+    return verdicts
+
+
+@torch.inference_mode()
+def prefill_batch(target: TargetVerifier, cache: SlotCache, slots: Sequence[int], starts: Sequence[int],
+                  chunks: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Cache one prompt chunk per slot (written after `starts`); returns each chunk's hidden states [n, H]."""
+    rows = [Row.chunk(chunk) for chunk in chunks]
+    hidden = target.forward_rows(cache, slots, starts, rows)
+    for slot, start, chunk in zip(slots, starts, chunks, strict=True):
+        cache.set_length(slot, start + len(chunk))
+    return [hidden[b, : len(chunk)] for b, chunk in enumerate(chunks)]
