@@ -125,6 +125,26 @@ class SlotCache(Cache):
         self._free.append(slot)
         self._free.sort(reverse=True)
 
+    def resize(self, num_slots: int, max_len: int) -> None:
+        """Grow to at least `num_slots` slots of `max_len` positions, keeping every slot's entries.
+
+        For caches that size themselves by the load (a drafter's); the verifier's is fixed at start-up.
+        """
+        num_slots, max_len = max(num_slots, self.num_slots), max(max_len, self.max_len)
+        if (num_slots, max_len) == (self.num_slots, self.max_len):
+            return
+        for tensors in (self.keys, self.values):
+            for i, old in enumerate(tensors):
+                new = old.new_zeros(num_slots, old.shape[1], max_len, old.shape[3])
+                new[: self.num_slots, :, : self.max_len] = old
+                tensors[i] = new
+        for layer in self.layers:
+            assert isinstance(layer, SlotLayer)
+            layer.keys, layer.values = self.keys[layer.index], self.values[layer.index]
+        self._free = sorted([*self._free, *range(self.num_slots, num_slots)], reverse=True)
+        self.lengths += [0] * (num_slots - self.num_slots)
+        self.num_slots, self.max_len = num_slots, max_len
+
     # ---- one forward ---------------------------------------------------------------------------------
 
     def begin(self, slots: Sequence[int], starts: Sequence[int], width: int) -> int:
@@ -169,9 +189,8 @@ class SlotCache(Cache):
     def compact(self, slots: Sequence[int], starts: Sequence[int], keep: Sequence[Sequence[int]]) -> None:
         """Row b keeps the entries at starts[b] + keep[b][j], moved to starts[b] + j, for every layer at once.
 
-        keep[b] is increasing with keep[b][j] >= j (entries only move down), so gathering first and then
-        writing is safe. Rows that keep a prefix of their entries move nothing. Lengths become
-        starts[b] + len(keep[b]).
+        keep[b] holds distinct indices in any order: every moved entry is gathered before any is written.
+        Rows that keep a prefix of their entries move nothing. Lengths become starts[b] + len(keep[b]).
         """
         moves = [(slot, start + j, start + k) for slot, start, kept in zip(slots, starts, keep, strict=True)
                  for j, k in enumerate(kept) if k != j]

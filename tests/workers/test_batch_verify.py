@@ -108,8 +108,9 @@ def test_padding_rows_see_nothing_of_other_rows() -> None:
     visible = mask[:, 0] == 0
     assert ids.tolist() == [[5, 1, 2], [7, 0, 0]] and positions.tolist() == [[3, 4, 5], [1, 1, 1]]
     assert visible[0].tolist() == [[True] * 4 + [False] * 2, [True] * 5 + [False], [True] * 6]
-    # row 1 writes at 1..3: its real entry sees the prefix and itself; padding sees the same, no more
-    assert visible[1].tolist() == [[True, True, False, False, False, False]] * 3
+    # row 1 writes at 1..3: its real entry sees the prefix and itself; each padding entry only itself
+    assert visible[1].tolist() == [[True, True, False, False, False, False], [False, False, True, False, False, False],
+                                   [False, False, False, True, False, False]]
 
 
 def test_slots_are_bounded_and_released() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -50,19 +50,8 @@ class DraftSession(ABC):
         return torch.ones(1)
 
     def draft(self) -> DraftTree:
-        """Sync mode: grow enough steps to reach the depth budget, then take a snapshot.
-
-        Growth stays within the snapshot depth here: nodes deeper than it could not be sent anyway.
-        """
-        living, self.config = self.config, dataclasses.replace(self.config, max_living_depth=self.config.depth)
-        try:
-            for _ in range(math.ceil(self.config.depth / self.tokens_per_step)):
-                if not self.grow():
-                    break
-                self.num_draft_steps += 1
-        finally:
-            self.config = living
-        return self.snapshot()
+        """Sync mode: grow enough steps to reach the depth budget, then take a snapshot."""
+        return draft_many([self], lambda sessions, limits: [s.grow(e) for s, e in zip(sessions, limits)])[0]
 
     def snapshot(self, total_tokens: int | None = None) -> DraftTree:
         return self.tree.snapshot(total_tokens or self.config.total_tokens, self.config.depth)
@@ -116,6 +105,30 @@ class DraftSession(ABC):
         self.tree = DraftTree.empty()
 
 
+GrowMany = Callable[[Sequence[DraftSession], Sequence[int | None]], list[bool]]
+
+
+def draft_many(sessions: Sequence[DraftSession], grow_many: GrowMany) -> list[DraftTree]:
+    """Sync mode for several sessions at once: each grows to its depth budget, all of them in the same
+    steps, then takes a snapshot. Growth stays within the snapshot depth: deeper nodes could not be sent."""
+    living = [session.config for session in sessions]
+    for session in sessions:
+        session.config = dataclasses.replace(session.config, max_living_depth=session.config.depth)
+    try:
+        due = {id(s): math.ceil(s.config.depth / s.tokens_per_step) for s in sessions}
+        growing = [s for s in sessions if due[id(s)] > 0]
+        while growing:
+            grown = grow_many(growing, [None] * len(growing))
+            for session, ok in zip(growing, grown, strict=True):
+                session.num_draft_steps += int(ok)
+                due[id(session)] = due[id(session)] - 1 if ok else 0
+            growing = [s for s in growing if due[id(s)] > 0]
+    finally:
+        for session, config in zip(sessions, living, strict=True):
+            session.config = config
+    return [session.snapshot() for session in sessions]
+
+
 class Drafter(ABC):
     """Holds a drafter's model (if any) and opens sessions."""
 
@@ -129,6 +142,11 @@ class Drafter(ABC):
         `features` ([len(committed_ids) - 1, H]) are the target's features at every committed
         position but the root; drafters that do not read features ignore them.
         """
+
+    def grow_many(self, sessions: Sequence[DraftSession], expansions: Sequence[int | None]) -> list[bool]:
+        """One step for each session (expanding at most its `expansions` leaves); a drafter with a model
+        runs them in one forward (workers/drafters/batched.py). Returns each session's `grow()` result."""
+        return [session.grow(limit) for session, limit in zip(sessions, expansions, strict=True)]
 
     def check_target(self, vocab_size: int, hidden_size: int) -> None:  # noqa: B027 - optional hook
         """Raise ModelMismatchError when this drafter cannot serve the given target (default: any fits)."""

@@ -1,8 +1,10 @@
 """Autoregressive drafting with any small HF causal LM that shares the target's tokenizer.
 
-Each `grow()` is one forward of the small model over the nodes it expands (tree attention over its
-own cache). Cache layout: committed x[0 .. C-1) | root | tree nodes in feeding order. Node KV depends
-only on its ancestors' tokens, so a re-root keeps the surviving subtree's entries exactly.
+Each step is one forward of the small model over the nodes it expands (tree attention over the
+session's slot of the drafter's slot cache; the steps of every request being drafted share one
+forward, workers/drafters/batched.py). Slot layout: committed x[0 .. C-1) | root | tree nodes in
+feeding order. Node KV depends only on its ancestors' tokens, so a re-root keeps the surviving
+subtree's entries exactly.
 """
 
 from __future__ import annotations
@@ -13,19 +15,19 @@ from typing import Any
 import torch
 
 from protocol.errors import ModelMismatchError
-from workers import kv_cache
-from workers.drafters.base import Drafter, DraftSession
+from workers.batch_mask import Row
+from workers.drafters.base import DraftSession
+from workers.drafters.batched import BatchedDrafter, BatchedSession, StepPlan
 from workers.hf_model import load_causal_lm
+from workers.slot_cache import SlotCache
 from workers.tree import ROOT
-from workers.tree_mask import additive_mask
 from workers.tree_policy import TreeConfig, children_to_add, expansion_values, pick_expansions
 
 
-class ModelSession(DraftSession):
+class ModelSession(BatchedSession):
     def __init__(self, drafter: ModelDrafter, committed_ids: Sequence[int], config: TreeConfig) -> None:
-        super().__init__(committed_ids, config)
+        super().__init__(drafter, committed_ids, config)
         self.drafter = drafter
-        self.cache = kv_cache.new_cache()
         self.num_cached = 0  # committed positions in the cache (slots 0 .. num_cached)
         self.root_slot = -1
         self.root_top: tuple[torch.Tensor, torch.Tensor] | None = None  # drafter top-k after the root
@@ -51,21 +53,27 @@ class ModelSession(DraftSession):
     def expansion_values(self) -> torch.Tensor:
         return expansion_values(self.tree, self.config)
 
-    def grow(self, max_expansions: int | None = None) -> bool:
+    def plan(self, max_expansions: int | None) -> StepPlan | None:
         picked = pick_expansions(self.tree, self.config, max_expansions)
         if picked.numel() == 0:
-            return False
+            return None
         self._align_nodes()
         inner = picked[picked >= 0]
         needed = self.tree.ancestors()[inner].any(dim=0) if inner.numel() else self.node_slots < -1
         feed = torch.nonzero(needed & (self.node_slots < 0)).flatten()
         if feed.numel() or (self.root_top is None):
-            self._forward(feed)
+            row, fed = self._feed(feed)
+            return StepPlan(row, state=(picked, feed, fed))
+        return StepPlan(None, state=(picked, feed, None))
+
+    def apply(self, plan: StepPlan, hidden: torch.Tensor | None) -> None:
+        picked, feed, fed = plan.state
+        if hidden is not None:
+            self._absorb_forward(feed, fed, hidden)
         top_ids, top_probs = self._tops(picked)
         parents, tokens, probs = children_to_add(self.tree, picked, top_ids, top_probs, self.config)
         self.tree = self.tree.add(parents, tokens, probs)
         self._align_nodes()
-        return True
 
     def _tops(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[E, K] drafter top-k after each node (ROOT = the root); every node was fed before."""
@@ -79,12 +87,12 @@ class ModelSession(DraftSession):
             ids[is_root], probs[is_root] = self.root_top[0], self.root_top[1]
         return ids, probs
 
-    def _forward(self, feed: torch.Tensor) -> None:
-        """Feed pending committed tokens, the root (if uncached) and tree nodes `feed` in one forward."""
+    def _feed(self, feed: torch.Tensor) -> tuple[Row, tuple[int, bool, int]]:
+        """The row feeding pending committed tokens, the root (if uncached) and tree nodes `feed`."""
         num_committed = len(self.committed_ids) - 1  # positions before the root
         pending = self.committed_ids[self.num_cached:num_committed]
         feed_root = self.root_slot < 0
-        past = kv_cache.cache_length(self.cache)
+        past = self.cache_length
         num_pending, num_tree = len(pending), int(feed_root) + feed.numel()
         num_query = num_pending + num_tree
         # slots of everything fed, in feeding order
@@ -105,8 +113,13 @@ class ModelSession(DraftSession):
         tokens = torch.cat([torch.tensor(pending, dtype=torch.long),
                             torch.tensor([self.root_token] if feed_root else [], dtype=torch.long),
                             self.tree.token_ids[feed]])
-        hidden = self.drafter.run(tokens, positions, additive_mask(visible, self.drafter.dtype), self.cache)
-        self.num_cached = num_committed
+        return Row.step(tokens, positions, visible, past), (num_pending, feed_root, past + num_query)
+
+    def _absorb_forward(self, feed: torch.Tensor, fed: tuple[int, bool, int], hidden: torch.Tensor) -> None:
+        """Keep every fed entry; top-k after the root (if fed) and after each fed node."""
+        num_pending, feed_root, length = fed
+        self.set_length(length)
+        self.num_cached = len(self.committed_ids) - 1
         top_probs, top_ids = torch.topk(torch.softmax(self.drafter.logits(hidden[num_pending:]), -1),
                                         self.config.top_k, dim=-1)  # [T, K]
         if feed_root:
@@ -149,7 +162,7 @@ class ModelSession(DraftSession):
             self.node_top_ids, self.node_top_probs = self.node_top_ids[rest], self.node_top_probs[rest]
         else:
             self._clear_nodes()
-        kv_cache.keep_positions(self.cache, 0, keep)
+        self.keep(keep)
         self.root_slot, self.root_top = root_slot, root_top
 
     def _on_reroot(self, path: list[int], old_len: int, features: torch.Tensor | None) -> None:
@@ -159,13 +172,13 @@ class ModelSession(DraftSession):
         self._absorb_commit(old_len, None)
 
     def _on_reset(self, features: torch.Tensor | None) -> None:
-        kv_cache.crop(self.cache, 0)
+        self.set_length(0)
         self.num_cached, self.root_slot, self.root_top = 0, -1, None
         self._clear_nodes()
 
 
-class ModelDrafter(Drafter):
-    """A small HF causal LM drafting into a tree by top-k per step."""
+class ModelDrafter(BatchedDrafter):
+    """A small HF causal LM drafting into a tree by top-k per step (every request's step in one forward)."""
 
     def __init__(self, model: Any) -> None:
         self.model = model.eval()
@@ -192,12 +205,16 @@ class ModelDrafter(Drafter):
              features: torch.Tensor | None = None) -> DraftSession:
         return ModelSession(self, committed_ids, config)
 
+    def _new_cache(self, num_slots: int, max_len: int) -> SlotCache:
+        return SlotCache.for_model(self.model.config, num_slots, max_len, self.dtype, self.lm_head.weight.device)
+
     @torch.inference_mode()
-    def run(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, embeds: torch.Tensor | None, positions: torch.Tensor,
+                 mask: torch.Tensor, cache: SlotCache) -> torch.Tensor:
         device = self.lm_head.weight.device
-        out = self.decoder(input_ids=tokens[None].to(device), position_ids=positions[None].to(device),
+        out = self.decoder(input_ids=ids.to(device), position_ids=positions.to(device),
                            attention_mask=mask.to(device), past_key_values=cache, use_cache=True)
-        hidden: torch.Tensor = out.last_hidden_state[0]  # [Q, H]
+        hidden: torch.Tensor = out.last_hidden_state  # [B, W, H]
         return hidden
 
     @torch.inference_mode()
