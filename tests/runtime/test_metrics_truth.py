@@ -73,7 +73,8 @@ def run() -> tuple[Coordinator, RecordingVerifier, list[Committed], dict[str, An
                 if not handler.has_work():
                     break
                 for reply in handler.step():
-                    if isinstance(reply, Committed) and reply.token_ids and reply.epoch > len(PROMPT):  # not the prefill
+                    is_commit = isinstance(reply, Committed) and bool(reply.token_ids)
+                    if is_commit and reply.epoch > len(PROMPT):  # not the prefill
                         results.append(reply)
                     coordinator.on_worker(identity, wire(reply))
     reference = hf_greedy(tiny_model("llama", seed=11), PROMPT, 60)  # stops early at EOS; we ignore EOS

@@ -51,7 +51,8 @@ class DraftSession(ABC):
 
     def draft(self) -> DraftTree:
         """Sync mode: grow enough steps to reach the depth budget, then take a snapshot."""
-        return draft_many([self], lambda sessions, limits: [s.grow(e) for s, e in zip(sessions, limits)])[0]
+        return draft_many([self], lambda sessions, limits: [s.grow(e) for s, e in
+                                                            zip(sessions, limits, strict=True)])[0]
 
     def snapshot(self, total_tokens: int | None = None) -> DraftTree:
         return self.tree.snapshot(total_tokens or self.config.total_tokens, self.config.depth)

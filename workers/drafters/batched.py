@@ -15,6 +15,7 @@ when needed; a drafter's memory follows what it serves, the verifier's is fixed 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -84,10 +85,8 @@ class BatchedSession(DraftSession):
             self.slot = -1
 
     def __del__(self) -> None:  # a session dropped without release() gives its slot back
-        try:
+        with contextlib.suppress(Exception):  # at interpreter shutdown there is nothing left to free
             self.release()
-        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to free
-            pass
 
 
 class BatchedDrafter(Drafter):
