@@ -1,9 +1,10 @@
 """The drafter's message handler: one living tree per request, grown between messages.
 
-Async mode streams: after every growth step the request's whole living tree goes out as a `Draft`
-tagged with the epoch it was built on; the verifier keeps the newest and re-roots it along whatever
-it committed since, so nobody waits for anybody. Sync mode drafts once per `Open` / `Commit` and
-sends one snapshot for that epoch. `handle(message)` and `step()` have no socket code.
+Async mode streams: every step grows every living tree (all requests in one drafter forward), and each
+grown tree goes out whole as a `Draft` tagged with the epoch it was built on; the verifier keeps the
+newest and re-roots it along whatever it committed since, so nobody waits for anybody. Sync mode drafts
+once per `Open` / `Commit` (every due request in the same forwards) and sends one snapshot for that
+epoch. `handle(message)` and `step()` have no socket code.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from protocol.errors import ProtocolError, RequestError
 from protocol.messages import PROTOCOL_VERSION, Commit, Draft, Failed, Hello, Message, Open, Release
 from protocol.trace import tracer
 from workers.cost_model import VerifyCost, choose_num_expansions
-from workers.drafters.base import Drafter, DraftSession
+from workers.drafters.base import Drafter, DraftSession, draft_many
 from workers.tree import DraftTree
 from workers.verifier_worker import fingerprint
 from workers.wire import from_blob, tree_blobs
@@ -38,8 +39,10 @@ class DrafterWorker:
     role = "drafter"
 
     def __init__(self, drafter: Drafter, tree: Any, mode: str, worker_id: str, device: str = "cpu",
-                 vocab_size: int = 0, hidden_size: int = 0, tokenizer_hash: str = "", model_name: str = "") -> None:
+                 vocab_size: int = 0, hidden_size: int = 0, tokenizer_hash: str = "", model_name: str = "",
+                 max_batch: int = 64) -> None:
         self.drafter, self.tree, self.mode, self.worker_id, self.device = drafter, tree, mode, worker_id, device
+        self.max_batch = max(1, max_batch)  # requests whose trees grow in one step
         self.info = fingerprint(vocab_size, hidden_size, tokenizer_hash, model_name)
         self.requests: dict[str, _Request] = {}
         self._turn = 0
@@ -103,57 +106,69 @@ class DrafterWorker:
         return any(r.can_grow for r in self.requests.values())
 
     def step(self) -> list[Message]:
-        """Sync: answer every draft that is due. Async: grow one living tree one step and send it."""
+        """Sync: answer every due draft. Async: grow every living tree one step. Either way in one forward
+        for all of them (a drafter with a model batches its sessions' steps: workers/drafters/batched.py)."""
         start = time.perf_counter()
         try:
             if self.mode == "sync":
-                due = [(rid, r) for rid, r in self.requests.items() if r.owes_draft]
-                return [self._sync_draft(rid, r) for rid, r in due]
-            return self._grow_one()
+                return self._sync_drafts()
+            return self._grow_all()
         finally:
             self.compute_s += time.perf_counter() - start
 
-    def _sync_draft(self, request_id: str, request: _Request) -> Draft:
-        steps = request.session.num_draft_steps
-        with tracer.span("draft_step", request=request_id, mode="sync"):
-            tree = request.session.draft()
-        self.counters["num_grow_steps"] += request.session.num_draft_steps - steps
-        request.owes_draft = False
-        return self._draft(request_id, request, tree)
+    def _sync_drafts(self) -> list[Message]:
+        due = [(rid, r) for rid, r in self.requests.items() if r.owes_draft][: self.max_batch]
+        sessions = [r.session for _, r in due]
+        steps = sum(s.num_draft_steps for s in sessions)
+        with tracer.span("draft_step", rows=len(due), mode="sync"):
+            trees = draft_many(sessions, self.drafter.grow_many)
+        self.counters["num_grow_steps"] += sum(s.num_draft_steps for s in sessions) - steps
+        for _, request in due:
+            request.owes_draft = False
+        return [self._draft(rid, r, tree) for (rid, r), tree in zip(due, trees, strict=True)]
 
-    def _grow_one(self) -> list[Message]:
-        """Grow the request whose tree is smallest (a fresh miss needs nodes most), round-robin on ties."""
+    def _grow_all(self) -> list[Message]:
+        """One step for every growable tree (up to `max_batch`, smallest trees first: a fresh miss needs
+        nodes most; round-robin among equals), and each grown tree goes out."""
         growable = [(rid, r) for rid, r in self.requests.items() if r.can_grow]
         if not growable:
             return []
         self._turn += 1
-        request_id, request = min(growable, key=lambda item: (item[1].session.tree.num_nodes, item[1].last_grown))
-        request.last_grown = self._turn
-        expansions = self._expansions(request.session)
+        growable.sort(key=lambda item: (item[1].session.tree.num_nodes, item[1].last_grown))
+        chosen = growable[: self.max_batch]
+        expansions = self._expansions([r.session for _, r in chosen])
         start = time.perf_counter()
-        with tracer.span("draft_step", request=request_id, nodes=request.session.tree.num_nodes,
-                         expansions=expansions):
-            request.can_grow = request.session.grow(expansions)
-        if not request.can_grow:
-            return []
-        self.step_cost.observe(expansions, 1, time.perf_counter() - start)
-        self.counters["num_grow_steps"] += 1
-        return [self._draft(request_id, request, request.session.tree)]
+        with tracer.span("draft_step", rows=len(chosen), nodes=sum(r.session.tree.num_nodes for _, r in chosen),
+                         expansions=max(expansions)):
+            grown = self.drafter.grow_many([r.session for _, r in chosen], expansions)
+        elapsed = time.perf_counter() - start
+        replies: list[Message] = []
+        for (request_id, request), ok in zip(chosen, grown, strict=True):
+            request.last_grown, request.can_grow = self._turn, ok
+            if ok:
+                replies.append(self._draft(request_id, request, request.session.tree))
+        if replies:
+            self.step_cost.observe(max(expansions), len(chosen), elapsed)
+            self.counters["num_grow_steps"] += 1
+        return replies
 
-    def _expansions(self, session: DraftSession) -> int:
-        """How many leaves the next step expands: the most value per second of measured step time.
+    def _expansions(self, sessions: list[DraftSession]) -> list[int]:
+        """How many leaves each session's part of the next step expands: the most value per second.
 
-        Every count is measured once first (a step with few expansions is cheaper on some devices and
-        not on others: measure, never assume); then each step takes the count that maximises the
-        summed path probability of the expanded leaves over the step's cost.
+        Step time is measured by (rows, expansions): a step with few expansions is cheaper on some
+        devices and not on others, and rows cost more on a CPU than on a GPU (measure, never assume).
+        Every count is measured once first at this row count; then each session takes the count that
+        maximises the summed path probability of its expanded leaves over the step's cost.
         """
-        values = session.expansion_values()
-        limit = max(min(values.numel(), self.step_cost.max_nodes), 1)
-        measured = self.step_cost.cells.get(VerifyCost.band(1), {})
-        unmeasured = [e for e in range(1, limit + 1) if e not in measured]
+        rows = len(sessions)
+        measured = self.step_cost.cells.get(VerifyCost.band(rows), {})
+        values = [session.expansion_values() for session in sessions]
+        limits = [max(min(v.numel(), self.step_cost.max_nodes), 1) for v in values]
+        unmeasured = [e for e in range(1, max(limits) + 1) if e not in measured]
         if unmeasured:
-            return unmeasured[0]
-        return choose_num_expansions(values[:limit], self.step_cost.table(1)[1: limit + 1])
+            return [min(unmeasured[0], limit) for limit in limits]
+        table = self.step_cost.table(rows)
+        return [choose_num_expansions(v[:limit], table[1: limit + 1]) for v, limit in zip(values, limits, strict=True)]
 
     def _draft(self, request_id: str, request: _Request, tree: DraftTree) -> Draft:
         self.counters["num_drafts_sent"] += 1

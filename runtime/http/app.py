@@ -6,6 +6,7 @@ errors of every kind leave as `{"error": {...}}` bodies with their status (runti
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -24,6 +25,9 @@ from runtime.http.responses import Shape, sse
 from runtime.http.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from runtime.http.service import TandemService
 
+DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that hung up
+
 
 def build_app(service: TandemService) -> FastAPI:
     app = FastAPI(title="Tandem", summary="OpenAI-compatible API of a Tandem deployment")
@@ -37,17 +41,17 @@ def build_app(service: TandemService) -> FastAPI:
         return await call_next(request)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest) -> Response:
+    async def completions(body: CompletionRequest, request: Request) -> Response:
         _check(service, body)
         prompt_ids = service.prompt_ids(body.single_prompt())
-        return await _answer(service, Shape(False, service.model_name), body, prompt_ids, body.max_tokens)
+        return await _answer(service, request, Shape(False, service.model_name), body, prompt_ids, body.max_tokens)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         _check(service, body)
         prompt_ids = service.chat_prompt_ids(body.messages)
         max_new = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        return await _answer(service, Shape(True, service.model_name), body, prompt_ids, max_new)
+        return await _answer(service, request, Shape(True, service.model_name), body, prompt_ids, max_new)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -75,24 +79,38 @@ def _check(service: TandemService, body: SamplingFields) -> None:
     service.check_model(body.model)
 
 
-async def _answer(service: TandemService, shape: Shape, body: SamplingFields, prompt_ids: list[int],
-                  max_new_tokens: int | None) -> Response:
+async def _answer(service: TandemService, request: Request, shape: Shape, body: SamplingFields,
+                  prompt_ids: list[int], max_new_tokens: int | None) -> Response:
     await service.check_ready()
     first, chunks = await service.open_stream(prompt_ids, body.params(max_new_tokens))
     if body.stream:
         return StreamingResponse(_events(shape, first, chunks, len(prompt_ids), body.include_usage),
                                  media_type="text/event-stream")
-    texts, num_tokens, last = [first.text], len(first.token_ids), first
+    collecting = asyncio.ensure_future(_collect(first, chunks))
+    while not collecting.done():  # a client that hangs up cancels the request, as a stream's does
+        await asyncio.wait({collecting}, timeout=DISCONNECT_POLL_S)
+        if not collecting.done() and await request.is_disconnected():
+            collecting.cancel()  # inside `chunks`: the AsyncClient stream sends Cancel on its way out
+            with contextlib.suppress(asyncio.CancelledError):
+                await collecting
+            return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; logs show why
     try:
-        async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
-                texts.append(chunk.text)
-                num_tokens += len(chunk.token_ids)
-                last = chunk
+        text, num_tokens, last = collecting.result()
     except TandemError as err:
         raise from_tandem(err) from err
-    return JSONResponse(shape.response("".join(texts), last.finish_reason or "stop", len(prompt_ids), num_tokens,
+    return JSONResponse(shape.response(text, last.finish_reason or "stop", len(prompt_ids), num_tokens,
                                        last.stats or {}))
+
+
+async def _collect(first: Chunk, chunks: AsyncGenerator[Chunk, None]) -> tuple[str, int, Chunk]:
+    """A whole non-streamed answer: its text, token count and last chunk."""
+    texts, num_tokens, last = [first.text], len(first.token_ids), first
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            texts.append(chunk.text)
+            num_tokens += len(chunk.token_ids)
+            last = chunk
+    return "".join(texts), num_tokens, last
 
 
 async def _events(shape: Shape, first: Chunk, chunks: AsyncGenerator[Chunk, None], num_prompt_tokens: int,

@@ -35,7 +35,7 @@ def target() -> Any:
 class WrongSession(DraftSession):
     """Proposes the target's *least* likely tokens (fixed ids 20..23) as a deep tree."""
 
-    def grow(self) -> bool:
+    def grow(self, max_expansions: int | None = None) -> bool:
         if self.tree.num_nodes:
             return False
         self.tree = DraftTree.from_lists([20, 21, 22, 23, 20, 21], [ROOT, ROOT, 0, 0, 2, 4], [0.9] * 6)

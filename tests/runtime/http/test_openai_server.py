@@ -198,6 +198,18 @@ def test_disconnect_mid_stream_cancels_the_request(deployment: Deployment, base_
     assert metrics["num_generated"] - before < 500  # cancelled, not run to its 500 tokens
 
 
+def test_disconnect_while_waiting_cancels_a_non_streamed_request(deployment: Deployment, base_url: str) -> None:
+    with Client(deployment.config.coordinator.client_address, timeout_s=30) as client:
+        before = client.metrics()["num_generated"]
+        body = {"model": "demo", "prompt": PROMPT, "max_tokens": 500, "ignore_eos": True}
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up long before 500 tokens are made
+            httpx.post(f"{base_url}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                       timeout=httpx.Timeout(60, read=0.5))
+        metrics = wait_for_sync(client, lambda m: m["num_active"] == 0
+                                and all(w["num_requests"] == 0 for w in m["workers"]))
+    assert metrics["num_generated"] - before < 500  # cancelled, not run to its 500 tokens
+
+
 def test_metrics_agree_with_request_stats(base_url: str) -> None:
     before = scrape(base_url)
     client = sdk(base_url)
