@@ -1,27 +1,28 @@
 """Falcon drafter (DESIGN.md §7): a semi-autoregressive session that grows k tree levels per forward
-from the target's features, with lazy prefill and a KV cache of committed pairs then tree pairs.
+from the target's features, with lazy prefill. Each session's KV lives in a slot of the drafter's slot
+cache (committed pairs, then tree pairs); every request's step runs in one forward (drafters/batched.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
 from protocol.errors import ModelMismatchError
-from workers.drafters.base import Drafter, DraftSession
+from workers.batch_mask import Row
+from workers.drafters.batched import BatchedDrafter, BatchedSession, StepPlan
 from workers.drafters.falcon_model import FalconDrafterModel
 from workers.drafters.falcon_tree import COMMITTED, PLACEHOLDER, TREE_PAIR, Entries, expand_blocks, visibility
-from workers.kv_cache import cache_length, crop, new_cache
+from workers.slot_cache import SlotCache
 from workers.tree import ROOT
-from workers.tree_mask import additive_mask
 from workers.tree_policy import TreeConfig, expansion_values, pick_expansions
 
 
-class FalconDrafter(Drafter):
-    """Holds one Falcon drafter model on its device; sessions share it."""
+class FalconDrafter(BatchedDrafter):
+    """Holds one Falcon drafter model on its device; its sessions share one slot cache and one forward."""
 
     needs_features = True
 
@@ -38,7 +39,7 @@ class FalconDrafter(Drafter):
 
     def open(self, committed_ids: Sequence[int], config: TreeConfig,
              features: torch.Tensor | None = None) -> FalconSession:
-        return FalconSession(self.model, committed_ids, config, features)
+        return FalconSession(self, committed_ids, config, features)
 
     def check_target(self, vocab_size: int, hidden_size: int) -> None:
         ours = self.model.config
@@ -47,26 +48,52 @@ class FalconDrafter(Drafter):
                 f"falcon drafter has vocab_size={ours.vocab_size}, hidden_size={ours.hidden_size}; "
                 f"target has vocab_size={vocab_size}, hidden_size={hidden_size}")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.placeholder.dtype
 
-class FalconSession(DraftSession):
-    """One request. Cache slots [0, num_cached_committed) hold committed pairs t = slot (true features);
-    later slots hold tree pairs (predicted features), recorded per node in `_slots` (-1 = not cached).
+    def _new_cache(self, num_slots: int, max_len: int) -> SlotCache:
+        return SlotCache.for_model(self.model.llama_config, num_slots, max_len, self.dtype,
+                                   self.model.placeholder.device)
+
+    def _forward(self, ids: torch.Tensor, embeds: torch.Tensor | None, positions: torch.Tensor,
+                 mask: torch.Tensor, cache: SlotCache) -> torch.Tensor:
+        if embeds is None:  # Falcon feeds fused pairs and placeholders, never bare token ids
+            raise RuntimeError("a falcon step needs input embeddings")
+        device = self.model.placeholder.device
+        hidden: torch.Tensor = self.model(embeds, mask.to(device), positions.to(device), cache)  # [B, W, H]
+        return hidden
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A planned step: what `apply` needs to read its row's outputs."""
+
+    nodes: torch.Tensor  # [E] expanded nodes, ROOT = the root
+    pairs: torch.Tensor  # [M] tree nodes whose pairs the step feeds (sorted)
+    past: int  # slot length before the step
+    num_pending: int  # committed pairs fed first
+
+
+class FalconSession(BatchedSession):
+    """One request. Slot entries [0, num_cached_committed) hold committed pairs t = entry (true features);
+    later entries hold tree pairs (predicted features), recorded per node in `_slots` (-1 = not cached).
     Committed pairs not yet computed wait in `_pending` and go first into the next forward.
     """
 
-    cache: DynamicCache
     num_cached_committed: int
     _features: torch.Tensor  # [N, H] aligned with self.tree
     _slots: torch.Tensor  # [N] long
     _pending: torch.Tensor  # [P, H] true features of committed pairs not yet cached
     _root_output: torch.Tensor | None
 
-    def __init__(self, model: FalconDrafterModel, committed_ids: Sequence[int], config: TreeConfig,
+    def __init__(self, drafter: FalconDrafter, committed_ids: Sequence[int], config: TreeConfig,
                  features: torch.Tensor | None) -> None:
-        super().__init__(committed_ids, config)
-        self.model = model
-        self.tokens_per_step = model.config.block_size
-        self._on_reset(features)
+        self.model = drafter.model
+        pending = self._check_features(features, max(len(committed_ids) - 1, 0))  # before taking a slot
+        super().__init__(drafter, committed_ids, config)
+        self.tokens_per_step = self.model.config.block_size
+        self._start(pending)
 
     @property
     def node_features(self) -> torch.Tensor:
@@ -77,32 +104,34 @@ class FalconSession(DraftSession):
     def expansion_values(self) -> torch.Tensor:
         return expansion_values(self.tree, self.config)
 
-    def grow(self, max_expansions: int | None = None) -> bool:
+    def plan(self, max_expansions: int | None) -> StepPlan | None:
+        """Feed pending committed pairs, missing path pairs, then k-1 placeholders per expanded node."""
         if len(self.committed_ids) < 2:
-            return False  # no committed pair yet, so nothing predicts the root's children
+            return None  # no committed pair yet, so nothing predicts the root's children
         nodes = pick_expansions(self.tree, self.config, max_expansions)  # [E], ROOT = the root
         if nodes.numel() == 0:
-            return False
-        with torch.no_grad():
-            outputs = self._run_blocks(nodes)  # [E, k, H]
-            probs = torch.softmax(self.model.logits(outputs).float(), dim=-1)  # [E, k, V]
-        self.tree, new_features = expand_blocks(self.tree, nodes, probs, outputs, self.config)
-        self._features = torch.cat([self._features, new_features])
-        self._slots = torch.cat([self._slots, torch.full((new_features.shape[0],), -1, dtype=torch.long)])
-        return True
-
-    def _run_blocks(self, nodes: torch.Tensor) -> torch.Tensor:
-        """One forward: pending committed pairs, missing path pairs, k-1 placeholders per block."""
+            return None
         ancestors = self.tree.ancestors()  # [N, N]
         pairs = self._pairs_to_feed(nodes, ancestors)  # [M]
+        step = _Step(nodes, pairs, self.cache_length, self._pending.shape[0])
         queries = self._query_entries(pairs, nodes)
+        num_queries = queries.kinds.numel()
+        if not num_queries:  # k = 1 and only the root, whose output is known: nothing to feed
+            return StepPlan(None, state=step)
         keys = Entries.cat([self._cache_entries(), queries])
-        device, dtype = self._features.device, self._features.dtype
-        mask = additive_mask(visibility(queries, keys, ancestors), dtype).to(device)  # [1, 1, Q, L+Q]
-        past_len = cache_length(self.cache)
-        hidden: torch.Tensor = self.model(self._inputs(pairs, nodes.numel()), mask,
-                                          queries.positions[None].to(device), self.cache)
-        return self._absorb(hidden[0], past_len, pairs, nodes)
+        visible = visibility(queries, keys, ancestors)  # [Q, L+Q]
+        row = Row.step(torch.zeros(num_queries, dtype=torch.long), queries.positions, visible, step.past)
+        return StepPlan(row, self._inputs(pairs, nodes.numel()), step)
+
+    def apply(self, plan: StepPlan, hidden: torch.Tensor | None) -> None:
+        step: _Step = plan.state
+        if hidden is None:
+            hidden = self._features.new_zeros(0, self._features.shape[-1])
+        outputs = self._absorb(hidden, step)  # [E, k, H]
+        probs = torch.softmax(self.model.logits(outputs).float(), dim=-1)  # [E, k, V]
+        self.tree, new_features = expand_blocks(self.tree, step.nodes, probs, outputs, self.config)
+        self._features = torch.cat([self._features, new_features])
+        self._slots = torch.cat([self._slots, torch.full((new_features.shape[0],), -1, dtype=torch.long)])
 
     def _pairs_to_feed(self, nodes: torch.Tensor, ancestors: torch.Tensor) -> torch.Tensor:
         """[M] tree nodes on the expanded nodes' root paths whose pairs are not cached (sorted)."""
@@ -129,9 +158,9 @@ class FalconSession(DraftSession):
         return Entries.cat([committed, tree_pairs, placeholders])
 
     def _cache_entries(self) -> Entries:
-        """Descriptors of the cached slots: committed pairs, then tree pairs by slot."""
+        """Descriptors of the slot's valid entries: committed pairs, then tree pairs by entry."""
         num_committed = self.num_cached_committed
-        num_tree = cache_length(self.cache) - num_committed
+        num_tree = self.cache_length - num_committed
         cached = torch.nonzero(self._slots >= 0).flatten()
         slot_nodes = torch.full((num_tree,), ROOT, dtype=torch.long)
         slot_nodes[self._slots[cached] - num_committed] = cached
@@ -140,27 +169,26 @@ class FalconSession(DraftSession):
                             Entries.build(TREE_PAIR, positions, nodes=slot_nodes)])
 
     def _inputs(self, pairs: torch.Tensor, num_blocks: int) -> torch.Tensor:
-        """[1, Q, H]: fused committed pairs, fused tree pairs, placeholders."""
+        """[Q, H]: fused committed pairs, fused tree pairs, placeholders."""
         device = self._features.device
         next_ids = torch.tensor(self.committed_ids[self.num_cached_committed + 1:], dtype=torch.long)  # [P]
         committed = self.model.fuse(self._pending[None], next_ids[None].to(device))  # [1, P, H]
         tree_ids = self.tree.token_ids[pairs]  # [M]
         tree = self.model.fuse(self._features[pairs.to(device)][None], tree_ids[None].to(device))  # [1, M, H]
         placeholders = self.model.placeholders(num_blocks * (self.tokens_per_step - 1))
-        return torch.cat([committed, tree, placeholders], dim=1)
+        return torch.cat([committed, tree, placeholders], dim=1)[0]
 
-    def _absorb(self, hidden: torch.Tensor, past_len: int, pairs: torch.Tensor,
-                nodes: torch.Tensor) -> torch.Tensor:
+    def _absorb(self, hidden: torch.Tensor, step: _Step) -> torch.Tensor:
         """Keep the new pairs' KV, drop the placeholders'; return block outputs [E, k, H]."""
-        num_pending, num_pairs = self._pending.shape[0], pairs.numel()
-        crop(self.cache, past_len + num_pending + num_pairs)  # placeholders were fed last
-        self._slots[pairs] = past_len + num_pending + torch.arange(num_pairs)
+        num_pending, num_pairs = step.num_pending, step.pairs.numel()
+        self.set_length(step.past + num_pending + num_pairs)  # placeholders were fed last
+        self._slots[step.pairs] = step.past + num_pending + torch.arange(num_pairs)
         self.num_cached_committed += num_pending
         if num_pending:
             self._root_output = hidden[num_pending - 1].clone()  # output of the root's pair (t = C-2)
-        self._pending = self._pending[:0]
-        pair_out = self._block_pair_outputs(hidden, num_pending, pairs, nodes)  # [E, H]
-        num_blocks, num_placeholders = nodes.numel(), self.tokens_per_step - 1
+        self._pending = self._pending[num_pending:]
+        pair_out = self._block_pair_outputs(hidden, num_pending, step.pairs, step.nodes)  # [E, H]
+        num_blocks, num_placeholders = step.nodes.numel(), self.tokens_per_step - 1
         placeholder_out = hidden[num_pending + num_pairs:].reshape(num_blocks, num_placeholders,
                                                                    hidden.shape[-1])  # [E, k-1, H]
         return torch.cat([pair_out[:, None], placeholder_out], dim=1)
@@ -198,19 +226,22 @@ class FalconSession(DraftSession):
     def _absorb_commit(self, new: torch.Tensor) -> None:
         """Queue the newly committed pairs ([num_new, H] true features) behind the cached ones."""
         # tree pairs were fed predicted features: drop all their KV (survivors recompute lazily)
-        crop(self.cache, self.num_cached_committed)
+        self.set_length(self.num_cached_committed)
         self._pending = torch.cat([self._pending, new])
         self._root_output = None
 
     def _on_reset(self, features: torch.Tensor | None) -> None:
-        hidden_size = self.model.config.hidden_size
-        param = self.model.placeholder
-        self.cache = new_cache()
+        pending = self._check_features(features, len(self.committed_ids) - 1)
+        self.set_length(0)  # takes a slot again after a release
+        self._start(pending)
+
+    def _start(self, pending: torch.Tensor) -> None:
+        """Nothing cached; `pending` ([P, H]) committed pairs wait for the next forward."""
         self.num_cached_committed = 0
-        self._features = param.new_zeros(0, hidden_size).detach()  # [N, H]
-        self._slots = torch.zeros(0, dtype=torch.long)  # [N] cache slot of each node's pair, -1 = none
+        self._features = pending.new_zeros(0, self.model.config.hidden_size)  # [N, H]
+        self._slots = torch.zeros(0, dtype=torch.long)  # [N] slot entry of each node's pair, -1 = none
         self._root_output = None  # [H] output of the root's pair, once computed
-        self._pending = self._check_features(features, len(self.committed_ids) - 1)  # [P, H]
+        self._pending = pending  # [P, H]
 
     def _check_features(self, features: torch.Tensor | None, num_rows: int) -> torch.Tensor:
         hidden_size = self.model.config.hidden_size
@@ -223,10 +254,6 @@ class FalconSession(DraftSession):
         return features.detach().to(device=param.device, dtype=param.dtype)
 
     def release(self) -> None:
-        """Free the cache and tree; the session is unusable until `reset()`."""
+        """Give the slot back and drop the tree; the session is unusable until `reset()`."""
         super().release()
-        self.cache = new_cache()
-        self.num_cached_committed = 0
-        self._features, self._slots = self._features[:0], self._slots[:0]
-        self._pending = self._pending[:0]
-        self._root_output = None
+        self._start(self._pending[:0])

@@ -14,7 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import DynamicCache, LlamaConfig
+from transformers import LlamaConfig
+from transformers.cache_utils import Cache
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
 CONFIG_FILE = "falcon_config.json"
@@ -130,7 +131,7 @@ class FalconDrafterModel(nn.Module):
         return self.placeholder[None, None, :].expand(1, num, -1)
 
     def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor,
-                cache: DynamicCache | None = None) -> torch.Tensor:
+                cache: Cache | None = None) -> torch.Tensor:
         """inputs [B, Q, H], additive mask [B, 1, Q, K], position ids [B, Q] -> features [B, Q, H]."""
         position_embeddings = self.rotary(inputs, position_ids)
         hidden = inputs
