@@ -34,8 +34,9 @@ from protocol.messages import (
 )
 from protocol.params import SamplingParams
 from protocol.trace import tracer
+from workers.batch_cost import BatchCost
 from workers.batch_verify import Verdict, VerifyJob, prefill_batch, verify_batch
-from workers.cost_model import BatchCost, best_first_order, choose_width, expected_by_width, make_acceptance
+from workers.cost_model import best_first_order, choose_width, expected_by_width, make_acceptance
 from workers.drafters.ngram import find_continuations, trie_from_rows
 from workers.sampling import choose_tokens
 from workers.slot_cache import CacheFullError, SlotCache
@@ -138,7 +139,7 @@ class VerifierWorker:
                         verify_batch(self.target, self.cache, jobs)
                         best = min(best, time.perf_counter() - begin)
                     measured[(rows, width)] = best
-                    self.cost.observe(rows, width, context, best)
+                    self.cost.calibrate(rows, width, best)
         finally:
             for s in slots:
                 self.cache.release(s)
