@@ -5,6 +5,15 @@
     python scripts/bench.py --trace                           # + trace.json (Perfetto) and gantt.png
     python scripts/bench.py --scale                           # random-weight target + oracle drafter
     python scripts/bench.py --costs                           # verify / drafter / generate step costs
+    python scripts/bench.py --concurrency 1,4,16,64           # under load: c requests in flight per level
+    python scripts/bench.py --concurrency 1,8 --num-requests 32 --methods 'hf-generate*,tandem-async-falcon'
+
+--concurrency runs the load mode instead: at each level c, every method keeps c requests in flight (a closed
+loop) until --num-requests (default: max(c, number of prompts)) have been served, the prompts cycled, each
+exactly --max-new-tokens (EOS ignored). Methods: hf-generate (left-padded batches of c), hf-generate-batch
+(transformers' continuous batching), tandem-off and tandem-<sync|async>-<drafter> (one deployment each,
+streamed through AsyncClient). Writes results_load.json, results_load.md, load_throughput.png and
+load_latency.png: tokens/s, TTFT and ITL p50/p90, τ, verifier busy, peak RSS, equality to batch-1 generate.
 """
 
 from __future__ import annotations
@@ -16,6 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from runtime.bench import scale
+from runtime.bench.load import load_methods, run_load
+from runtime.bench.load import write_outputs as write_load_outputs
+from runtime.bench.load_metrics import parse_levels
+from runtime.bench.load_records import LoadSettings
 from runtime.bench.machine import deployment_cores, one_core
 from runtime.bench.peers import PEERS
 from runtime.bench.prompts import SHIPPED_PROMPTS, load_prompts, write_shipped_prompts
@@ -54,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle-accept-prob", type=float, default=0.8)
     p.add_argument("--oracle-step-ms", type=float, default=0.0, help="simulated cost of one oracle step")
     p.add_argument("--costs", action="store_true", help="measure the cost picture of this machine and exit")
+    p.add_argument("--concurrency", type=_levels, metavar="C1,C2,...",
+                   help="load mode: comma list of requests in flight (e.g. 1,4,16,64)")
+    p.add_argument("--num-requests", type=_positive, help="load mode: requests per level (default: max(c, prompts))")
     p.add_argument("--write-prompts", metavar="PATH", help="cut the shipped prompt set again and exit")
     return p
 
@@ -75,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
                                  "model": resolve_model_path(args.draft, None)}, args.threads or 1, Path(args.out)))
         return
     plan, settings = scale_plan(args) if args.scale else demo_plan(args)
-    available = all_methods(tuple(plan.drafters), ("hf-generate",) if args.scale else PEERS, plan.device == "cpu")
+    available = load_methods(tuple(plan.drafters)) if args.concurrency else \
+        all_methods(tuple(plan.drafters), ("hf-generate",) if args.scale else PEERS, plan.device == "cpu")
     if args.list_methods:
         print("\n".join(available))
         return
@@ -83,9 +100,27 @@ def main(argv: list[str] | None = None) -> None:
     if any(m.endswith("-useless") for m in methods):
         random_draft(resolve_model_path(args.draft, None), Path(plan.drafters["useless"]["model"]))
     out = Path(args.out)
+    if args.concurrency:
+        load_result = run_load(plan, methods, LoadSettings.of(settings, args.concurrency, args.num_requests), out)
+        print(write_load_outputs(load_result, out))
+        print(f"results: {out / 'results_load.json'}, {out / 'results_load.md'}, plots: {out}/load_*.png")
+        return
     result = run(plan, methods, settings, out)
     print(write_outputs(result, out))
     print(f"results: {out / 'results.json'}, {out / 'results.md'}, plots: {out}/*.png")
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        return parse_levels(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
 
 
 def _base(args: argparse.Namespace) -> tuple[TandemConfig, dict[str, Any]]:

@@ -28,7 +28,7 @@ def speedup_bars(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax.set_xticks(range(len(rows)), [r["method"] for r in rows], rotation=45, ha="right")
     ax.set_ylabel("speedup over hf-generate (same cores)")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def acceptance(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
@@ -45,7 +45,7 @@ def acceptance(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def utilisation(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
@@ -62,10 +62,10 @@ def utilisation(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax.set_xticks(list(xs), [r["method"] for r in tandem], rotation=45, ha="right")
     ax.set_title(title)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     import matplotlib.pyplot as plt

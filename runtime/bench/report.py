@@ -11,10 +11,11 @@ COLUMNS = ("method", "cores / threads", "tokens/s", "ms/token p50 (p90)", "speed
            "verifier busy", "re-root hits", "drafter steps / verif.", "peak RSS MB (c+v+d)", "= reference")
 
 
-def _num(value: float | None, fmt: str = "{:.2f}", suffix: str = "") -> str:
+def fmt(value: float | None, pattern: str = "{:.2f}", suffix: str = "") -> str:
+    """A number for a table cell; "—" for a missing or nan one."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    return fmt.format(value) + suffix
+    return pattern.format(value) + suffix
 
 
 def placement_text(placement: dict[str, Any]) -> str:
@@ -35,27 +36,31 @@ def table_row(row: dict[str, Any]) -> str:
     lat = row["ms_per_token"]
     steps = row.get("drafter_steps_per_verification")
     if steps is None and row.get("background_steps_per_verification") is not None:
-        steps_text = _num(row["background_steps_per_verification"]) + " (bg)"
+        steps_text = fmt(row["background_steps_per_verification"]) + " (bg)"
     else:
-        steps_text = _num(steps)
+        steps_text = fmt(steps)
     rss = "+".join(f"{v:.0f}" for v in row["peak_rss_mb"].values()) or "—"
     lossless = {True: "yes", False: "**no**", None: "—"}[row["lossless"]]
-    cells = [row["method"], placement_text(row["placement"]), _num(row["tokens_per_s"], "{:.1f}"),
-             f"{_num(lat['p50'], '{:.1f}')} ({_num(lat['p90'], '{:.1f}')})",
-             _num(row["speedup_vs_generate"], suffix="x"), _num(row["speedup_vs_generate_1core"], suffix="x"),
-             _num(row["tau"]), _num(row["verifier_busy_fraction"]), _num(row["reroot_hit_rate"]), steps_text, rss,
+    cells = [row["method"], placement_text(row["placement"]), fmt(row["tokens_per_s"], "{:.1f}"),
+             f"{fmt(lat['p50'], '{:.1f}')} ({fmt(lat['p90'], '{:.1f}')})",
+             fmt(row["speedup_vs_generate"], suffix="x"), fmt(row["speedup_vs_generate_1core"], suffix="x"),
+             fmt(row["tau"]), fmt(row["verifier_busy_fraction"]), fmt(row["reroot_hit_rate"]), steps_text, rss,
              lossless]
     return "| " + " | ".join(cells) + " |"
 
 
-def markdown(payload: dict[str, Any]) -> str:
-    machine, settings = payload["machine"], payload["settings"]
+def machine_line(machine: dict[str, Any]) -> str:
+    """The machine in one line: CPU, cores, GPUs, platform, torch and transformers versions."""
     gpus = ", ".join(machine.get("gpus") or []) or "no GPU"
+    return (f"machine: {machine['cpu_model']}, {machine['num_cores']} cores, {gpus}; {machine['platform']}; "
+            f"torch {machine['torch']}, transformers {machine['transformers']}")
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    settings = payload["settings"]
     sampling = "greedy" if settings["temperature"] == 0 else \
         f"temperature {settings['temperature']}, seed {settings['seed']}"
-    lines = [f"# {payload['label']}", "",
-             f"machine: {machine['cpu_model']}, {machine['num_cores']} cores, {gpus}; {machine['platform']}; "
-             f"torch {machine['torch']}, transformers {machine['transformers']}",
+    lines = [f"# {payload['label']}", "", machine_line(payload["machine"]),
              f"config {settings['config']}; {settings['num_prompts']} prompts x {settings['max_new_tokens']} new "
              f"tokens, {settings['repeats']} timed pass(es) after a warm-up; "
              f"{sampling}",

@@ -84,7 +84,7 @@ def run(plan: Plan, methods: list[str], settings: BenchSettings, out_dir: Path) 
             if name == BASELINE and plan.before_tandem is not None:
                 plan.before_tandem(runs[name])
         del models
-        _free_accelerator_memory()
+        free_accelerator_memory()
         _save_raw(runs, out_dir / "raw_runs.json")
         trace_summary = None
         if plan.trace_drafter is not None:
@@ -92,7 +92,7 @@ def run(plan: Plan, methods: list[str], settings: BenchSettings, out_dir: Path) 
     return payload(plan, settings, runs, trace_summary)
 
 
-def _free_accelerator_memory() -> None:
+def free_accelerator_memory() -> None:
     """The peers' models are gone: give their GPU memory back before the deployments load theirs."""
     import gc
 

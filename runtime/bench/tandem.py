@@ -18,6 +18,7 @@ from runtime.bench.records import BenchSettings, MethodRun, RequestRecord
 from runtime.bench.sampler import ProcessSampler
 from runtime.client import Client
 from runtime.config import TandemConfig
+from runtime.config_schema import LimitsConfig
 from runtime.launch import Deployment, free_port
 
 MODES = ("off", "sync", "async")
@@ -51,8 +52,9 @@ def drafter_section(base: dict[str, Any], kind: str, keys: dict[str, Any]) -> di
 
 
 def write_variant(base: dict[str, Any], out_dir: Path, name: str, mode: str, drafter: dict[str, Any] | None,
-                  max_new_tokens: int) -> Path:
-    """The YAML of one method: base config, this mode and drafter, free ports, room for the request."""
+                  max_new_tokens: int, concurrency: int = 1) -> Path:
+    """The YAML of one method: base config, this mode and drafter, free ports, room for the request, and for
+    `concurrency` requests running on the verifier at once (the load mode)."""
     data = {k: v for k, v in base.items() if k != "drafter"}
     data.setdefault("speculation", {})["mode"] = mode
     if drafter is not None:
@@ -63,6 +65,8 @@ def write_variant(base: dict[str, Any], out_dir: Path, name: str, mode: str, dra
     limits = dict(data.get("limits") or {})
     limits["max_new_tokens"] = max(int(limits.get("max_new_tokens", 1024)), max_new_tokens)
     limits["request_timeout_s"] = max(float(limits.get("request_timeout_s", 120)), CLIENT_TIMEOUT_S)
+    for key in ("max_running_per_verifier", "max_queued_requests"):
+        limits[key] = max(int(limits.get(key, getattr(LimitsConfig(), key))), concurrency)
     data["limits"] = limits
     path = out_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))

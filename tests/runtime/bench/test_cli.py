@@ -20,3 +20,15 @@ def test_list_methods_names_every_peer_and_tandem_method(capsys: pytest.CaptureF
 def test_scale_mode_refuses_sampling() -> None:
     with pytest.raises(SystemExit, match="greedy only"):
         main(["--scale", "--temperature", "0.7", "--list-methods"])
+
+
+def test_concurrency_lists_the_load_methods_and_refuses_bad_levels(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--concurrency", "1,4", "--list-methods"])
+    names = [n for n in capsys.readouterr().out.split("\n") if n]
+    assert names[:3] == ["hf-generate", "hf-generate-batch", "tandem-off"] and "hf-assisted" not in names
+    with pytest.raises(SystemExit):
+        main(["--concurrency", "0,4", "--list-methods"])
+    assert "--concurrency must list integers >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--concurrency", "4", "--num-requests", "0", "--list-methods"])
+    assert "must be an integer >= 1, got '0'" in capsys.readouterr().err

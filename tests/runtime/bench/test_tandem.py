@@ -44,6 +44,14 @@ def test_variant_is_a_valid_config_on_fresh_ports(tmp_path: Path, kind: str) -> 
     assert config.verifier.model == demo.verifier.model
     assert config.coordinator.client_address != demo.coordinator.client_address
     assert config.limits.max_new_tokens == 2000
+    assert (config.limits.max_running_per_verifier, config.limits.max_queued_requests) == (32, 256)  # defaults
+
+
+def test_load_variant_lets_every_request_of_a_level_run_at_once(tmp_path: Path) -> None:
+    base = tandem.base_data(str(REPO_ROOT / "configs" / "demo.yaml"))
+    path = tandem.write_variant(base, tmp_path, "tandem-off", "off", None, 16, concurrency=300)
+    limits = TandemConfig.load(path).limits
+    assert (limits.max_running_per_verifier, limits.max_queued_requests) == (300, 300)
 
 
 def test_off_variant_has_no_drafter(tmp_path: Path) -> None:
