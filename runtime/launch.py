@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -69,7 +70,10 @@ class Deployment:
         self.processes[role] = self._spawn("worker.py", "--role", role, "--id", f"{role}-0")
 
     def _spawn(self, script: str, *extra: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, str(SCRIPTS / script), "--config", self.config_path, *extra])
+        # the processes run this checkout's code, also where the environment's install points elsewhere
+        path = os.pathsep.join(p for p in (str(SCRIPTS.parent), os.environ.get("PYTHONPATH", "")) if p)
+        return subprocess.Popen([sys.executable, str(SCRIPTS / script), "--config", self.config_path, *extra],
+                                env={**os.environ, "PYTHONPATH": path})
 
     def restart(self, name: str) -> None:
         """Start process `name` again with the command line it was first started with (runtime/supervisor.py)."""
