@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -33,32 +33,35 @@ def build_app(service: TandemService) -> FastAPI:
     app = FastAPI(title="Tandem", summary="OpenAI-compatible API of a Tandem deployment")
     _add_error_handlers(app)
 
-    @app.middleware("http")
-    async def authorize(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if service.api_keys and request.url.path.startswith("/v1") and not _has_key(request, service.api_keys):
-            return _error(ApiError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
-                                   "authentication_error", None, "invalid_api_key"))
-        return await call_next(request)
+    async def authorize(request: Request) -> None:
+        """Every /v1 route (a dependency, not an HTTP middleware: that would hide a client's hang-up)."""
+        if service.api_keys and not _has_key(request, service.api_keys):
+            raise ApiError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
+                           "authentication_error", None, "invalid_api_key")
 
-    @app.post("/v1/completions")
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+
+    @v1.post("/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         _check(service, body)
         prompt_ids = service.prompt_ids(body.single_prompt())
         return await _answer(service, request, Shape(False, service.model_name), body, prompt_ids, body.max_tokens)
 
-    @app.post("/v1/chat/completions")
+    @v1.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         _check(service, body)
         prompt_ids = service.chat_prompt_ids(body.messages)
         max_new = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         return await _answer(service, request, Shape(True, service.model_name), body, prompt_ids, max_new)
 
-    @app.get("/v1/models")
+    @v1.get("/models")
     async def models() -> dict[str, Any]:
         model = {"id": service.model_name, "object": "model", "created": 0, "owned_by": "tandem",
                  "root": service.config.verifier.model, "max_model_len": service.config.limits.max_prompt_tokens
                  + service.config.limits.max_new_tokens}
         return {"object": "list", "data": [model]}
+
+    app.include_router(v1)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
