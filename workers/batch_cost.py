@@ -19,6 +19,7 @@ class BatchCost:
         self.smoothing = smoothing
         self.shape: dict[int, dict[int, float]] = {}  # rows -> {width: seconds} at the calibration context
         self.ratios: dict[tuple[int, int], float] = {}  # (context band, rows) -> measured / shape
+        self.is_calibrated = False
 
     @property
     def is_known(self) -> bool:
@@ -27,11 +28,14 @@ class BatchCost:
     def calibrate(self, rows: int, width: int, seconds: float) -> None:
         """One point of the shape (start-up measurements at one context length)."""
         self.shape.setdefault(rows, {})[width] = seconds
+        self.is_calibrated = True
 
     def observe(self, rows: int, width: int, context: int, seconds: float) -> None:
         """A measured forward: it moves the level of its (context band, rows) curve."""
-        if not self.shape:  # nothing calibrated: the first measurements are the shape
-            self.calibrate(rows, width, seconds)
+        if not self.is_calibrated:  # nothing calibrated: the measurements are the shape
+            cells = self.shape.setdefault(rows, {})
+            old = cells.get(width)
+            cells[width] = seconds if old is None else old + self.smoothing * (seconds - old)
             return
         predicted = self.shape_curve(rows)[width - 1]
         if predicted <= 0:
