@@ -357,7 +357,8 @@ class Coordinator:
     def metrics_snapshot(self) -> dict[str, Any]:
         workers = [{"identity": w.identity.decode(errors="replace"), "role": w.role, "device": w.device, "pid": w.pid,
                     "num_requests": len(w.requests),
-                    "worker_num_requests": w.stats.get("num_requests")}  # the worker's own count (heartbeat)
+                    "worker_num_requests": w.stats.get("num_requests"),  # the worker's own count (heartbeat)
+                    "free_slots": w.stats.get("free_slots")}  # a verifier's free KV-cache slots
                    for w in self.pool.workers.values()]
         queued = sum(r.phase is Phase.QUEUED for r in self.requests.values())
         return self.metrics.snapshot(len(self.requests) - queued, queued, workers)

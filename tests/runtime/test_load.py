@@ -108,6 +108,8 @@ def run_load(deployment: Deployment, num_clients: int) -> None:
     assert metrics["num_active"] == 0 and metrics["num_queued"] == 0
     assert [w["num_requests"] for w in metrics["workers"]] == [0, 0]
     assert [w["worker_num_requests"] for w in metrics["workers"]] == [0, 0]  # the workers' own count
+    slots = deployment.config.limits.max_running_per_verifier
+    assert [w["free_slots"] for w in metrics["workers"] if w["role"] == "verifier"] == [slots]  # every slot back
     after = rss(deployment)
     assert {name: after[name] - baseline[name] < MAX_RSS_GROWTH_BYTES for name in after} == dict.fromkeys(after, True)
     with Client(address, timeout_s=60) as client:
