@@ -20,6 +20,7 @@ class BatchCost:
         self.shape: dict[int, dict[int, float]] = {}  # rows -> {width: seconds} at the calibration context
         self.ratios: dict[tuple[int, int], float] = {}  # (context band, rows) -> measured / shape
         self.is_calibrated = False
+        self._curves: dict[int, list[float]] = {}  # rows -> shape_curve(rows), until the shape changes
 
     @property
     def is_known(self) -> bool:
@@ -29,6 +30,7 @@ class BatchCost:
         """One point of the shape (start-up measurements at one context length)."""
         self.shape.setdefault(rows, {})[width] = seconds
         self.is_calibrated = True
+        self._curves.clear()
 
     def observe(self, rows: int, width: int, context: int, seconds: float) -> None:
         """A measured forward: it moves the level of its (context band, rows) curve."""
@@ -36,6 +38,7 @@ class BatchCost:
             cells = self.shape.setdefault(rows, {})
             old = cells.get(width)
             cells[width] = seconds if old is None else old + self.smoothing * (seconds - old)
+            self._curves.clear()
             return
         predicted = self.shape_curve(rows)[width - 1]
         if predicted <= 0:
@@ -55,6 +58,11 @@ class BatchCost:
     def shape_curve(self, rows: int) -> list[float]:
         """The calibrated t(rows, W) for W = 1 .. max_width: linear in W between measured widths, and in
         rows between the two nearest measured row counts (extended linearly past the largest)."""
+        if rows not in self._curves:
+            self._curves[rows] = self._shape_curve(rows)
+        return self._curves[rows]
+
+    def _shape_curve(self, rows: int) -> list[float]:
         curves = {r: interpolate(points, self.max_width)[1:] for r, points in self.shape.items()}
         if rows in curves:
             return curves[rows]

@@ -109,12 +109,13 @@ class DraftTree:
         return DraftTree(self.token_ids[keep], parents, self.probs[keep], self.depths[keep], **self._derived(keep))
 
     def reorder(self, order: torch.Tensor) -> DraftTree:
-        """The same tree with its nodes in `order`, which must put every parent before its children.
+        """The tree of the nodes in `order` (all of them, or an ancestor-closed first part of such an
+        order), in that order, which must put every parent before its children.
 
         The verifier sorts nodes by acceptance estimate so that any prefix is a tree (`prefix`).
         """
         order = order.to(torch.long)
-        new_index = torch.empty(self.num_nodes, dtype=torch.long)
+        new_index = torch.full((self.num_nodes,), self.num_nodes, dtype=torch.long)  # left out: fails below
         new_index[order] = torch.arange(order.numel())
         old_parents = self.parents[order]
         parents = torch.where(old_parents == ROOT, ROOT, new_index[old_parents.clamp(min=0)])

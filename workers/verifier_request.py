@@ -14,6 +14,7 @@ import torch
 from protocol.drafts import MAX_TREE_NODES
 from protocol.messages import Draft
 from protocol.params import SamplingParams
+from workers.lookup_index import LookupIndex
 from workers.tree import DraftTree
 from workers.wire import tree_from_blobs
 
@@ -61,6 +62,7 @@ class VerifierRequest:
     num_drafts_dropped: int = 0  # drafts that no longer fit the committed tokens
     prefill: PrefillProgress | None = None  # chunks still to cache; not runnable until done
     verified_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # last choice
+    lookup: LookupIndex | None = None  # n-grams of `committed` for the verifier's prompt lookup (built lazily)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -37,7 +37,8 @@ from protocol.trace import tracer
 from workers.batch_cost import BatchCost
 from workers.batch_verify import Verdict, VerifyJob, prefill_batch, verify_batch
 from workers.cost_model import best_first_order, choose_width, expected_by_width, make_acceptance
-from workers.drafters.ngram import find_continuations, trie_from_rows
+from workers.drafters.ngram import trie_from_rows
+from workers.lookup_index import LookupIndex
 from workers.sampling import choose_tokens
 from workers.slot_cache import CacheFullError, SlotCache
 from workers.target import TargetVerifier, VerifierState
@@ -58,14 +59,16 @@ CALIBRATION_MAX_TOKENS = 1024  # rows x width beyond this are extrapolated, not 
 class Candidate:
     """One draft source's tree for a request, its nodes best first, and what each width would commit."""
 
-    __slots__ = ("expected", "order", "ordered", "source", "tree")
+    __slots__ = ("expected", "order", "source", "tree")
 
     def __init__(self, tree: DraftTree, source: str, estimates: torch.Tensor, limit: int, max_width: int) -> None:
         self.tree, self.source = tree, source
-        order = best_first_order(estimates)
-        self.order = order[:limit]
-        self.ordered = tree.reorder(order)
+        self.order = best_first_order(estimates)[:limit]
         self.expected = expected_by_width(estimates[self.order], max_width)  # [max_width]
+
+    def best(self, num: int) -> DraftTree:
+        """Its `num` best nodes as a tree (parents come first in `order`); built only for the chosen one."""
+        return self.tree.reorder(self.order[:num])
 
 
 class VerifierWorker:
@@ -431,13 +434,14 @@ class VerifierWorker:
         request.verified_index = candidate.order[:num]
         if num == 0:
             request.num_empty_choices += 1
-        return candidate.ordered.prefix(num)
+        return candidate.best(num)
 
     def _look_up(self, request: VerifierRequest) -> DraftTree | None:
         """Draft from the request's own tokens (prompt lookup): it needs no model and no round trip, so a
         drafter's miss does not cost a verifier-only step when the text repeats."""
-        rows = find_continuations(torch.tensor(request.committed), LOOKUP_MAX_NGRAM, LOOKUP_MIN_NGRAM,
-                                  LOOKUP_DEPTH, LOOKUP_MATCHES)
+        if request.lookup is None:  # committed tokens only grow, so the index stays valid for the request's life
+            request.lookup = LookupIndex(LOOKUP_MAX_NGRAM, LOOKUP_MIN_NGRAM)
+        rows = request.lookup.continuations(request.committed, LOOKUP_DEPTH, LOOKUP_MATCHES)
         if not rows.numel():
             return None
         self.counters["num_lookups"] += 1

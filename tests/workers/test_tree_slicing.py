@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from workers.cost_model import best_first_order
@@ -33,6 +34,22 @@ def test_sliced_masks_equal_fresh_ones() -> None:
                 want_mask, want_positions = tree_mask(fresh(sliced), past, torch.float32)
                 assert torch.equal(mask, want_mask) and torch.equal(positions, want_positions)
             assert torch.allclose(sliced.path_probs(), fresh(sliced).path_probs())
+
+
+def test_reordering_a_first_part_of_the_order_gives_that_prefix() -> None:
+    for seed in range(6):
+        tree = random_tree(seed)
+        tree.ancestors()
+        order = best_first_order(tree.path_probs())
+        for size in (0, 1, 5, 13):
+            part = tree.reorder(order[:size])
+            whole = tree.reorder(order).prefix(size)
+            assert torch.equal(part.token_ids, whole.token_ids) and torch.equal(part.parents, whole.parents)
+            assert torch.equal(part.ancestors(), whole.ancestors())
+    tree = random_tree(0)
+    child = int(torch.nonzero(tree.parents >= 0).flatten()[0])
+    with pytest.raises(ValueError):  # a node whose parent is left out is no tree
+        tree.reorder(torch.tensor([child]))
 
 
 def test_subtree_keeps_exact_derived_data() -> None:
