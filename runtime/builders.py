@@ -66,7 +66,8 @@ def build_verifier_worker(config: TandemConfig, worker_id: str) -> Any:
     worker = VerifierWorker(target, worker_id, tokenizer_hash(section.model), os.path.basename(section.model),
                             speculation.acceptance, max(speculation.tree.total_tokens, 1), speculation.local_lookup,
                             max_running=limits.max_running_per_verifier, max_batch=section.max_batch,
-                            max_length=max_length, prefill_chunk=section.prefill_chunk)
+                            max_length=max_length, prefill_chunk=section.prefill_chunk,
+                            compile_backend="inductor" if section.compile else None)
     if speculation.mode != "off":
         worker.calibrate()  # t(n) for the cost model; refined online
     return worker

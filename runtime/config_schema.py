@@ -158,6 +158,7 @@ class VerifierConfig(_Placement):
     max_length: int | None = None  # tokens one slot of the KV cache holds; None = min(model context, limits)
     max_batch: int | None = None  # requests verified in one forward; None = every running one
     prefill_chunk: int = 256  # prompt tokens per prefill forward, interleaved with verifications
+    compile: bool = False  # torch.compile the verification forward on bucketed shapes (workers/compiled_forward.py)
 
     def __post_init__(self) -> None:
         check_str("verifier.model", self.model)
@@ -166,6 +167,8 @@ class VerifierConfig(_Placement):
             if getattr(self, key) is not None:
                 check_int(f"verifier.{key}", getattr(self, key), 1)
         check_int("verifier.prefill_chunk", self.prefill_chunk, 1)
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"verifier.compile must be true or false, got {self.compile!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

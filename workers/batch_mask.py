@@ -55,9 +55,11 @@ class Row:
 
 
 def batch_inputs(rows: Sequence[Row], starts: Sequence[int], kv_len: int, dtype: torch.dtype,
-                 sliding_window: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids [B, W], position_ids [B, W], additive mask [B, 1, W, kv_len]) for rows written at `starts`."""
-    num, width = len(rows), max(r.width for r in rows)
+                 sliding_window: int | None = None, width: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids [B, W], position_ids [B, W], additive mask [B, 1, W, kv_len]) for rows written at `starts`;
+    W = the widest row, or `width` when given (a compiled forward's bucketed width)."""
+    num, width = len(rows), max(max(r.width for r in rows), width or 0)
     ids = torch.zeros(num, width, dtype=torch.long)
     offsets = torch.zeros(num, width, dtype=torch.long)
     local = torch.zeros(num, width, width, dtype=torch.bool)

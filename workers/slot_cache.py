@@ -147,19 +147,25 @@ class SlotCache(Cache):
 
     # ---- one forward ---------------------------------------------------------------------------------
 
-    def begin(self, slots: Sequence[int], starts: Sequence[int], width: int) -> int:
+    def begin(self, slots: Sequence[int], starts: Sequence[int], width: int, kv_len: int | None = None,
+              allow_view: bool = True) -> int:
         """Row b of the next forward writes `width` entries at starts[b] .. of slot slots[b].
 
-        Returns the key length every row attends over (the mask's last dimension).
+        Returns the key length every row attends over (the mask's last dimension): the longest row's end,
+        or `kv_len` when given (a compiled forward's bucketed length). Consecutive slots are attended as
+        a view unless `allow_view` is False.
         """
         if len(slots) != len(starts) or not slots:
             raise ValueError("begin() needs one start per slot and at least one row")
         ends = [s + width for s in starts]
         if max(ends) > self.max_len:
             raise CacheFullError(f"a row would reach position {max(ends)}, beyond the slot length {self.max_len}")
+        if kv_len is not None and not max(ends) <= kv_len <= self.max_len:
+            raise ValueError(f"kv_len {kv_len} must lie in [{max(ends)}, {self.max_len}]")
         device = self.keys[0].device
-        kv_len = max(ends)
-        first = slots[0] if list(slots) == list(range(slots[0], slots[0] + len(slots))) else None
+        kv_len = max(ends) if kv_len is None else kv_len
+        is_run = allow_view and list(slots) == list(range(slots[0], slots[0] + len(slots)))
+        first = slots[0] if is_run else None
         positions = torch.tensor(starts, dtype=torch.long)[:, None, None] + torch.arange(width)[None, None, :]
         self.batch = _Batch(torch.tensor(list(slots), dtype=torch.long, device=device), positions.to(device),
                             kv_len, first)

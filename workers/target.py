@@ -16,6 +16,7 @@ from transformers import DynamicCache
 from protocol.errors import ProtocolError, RequestError
 from workers import kv_cache
 from workers.batch_mask import Row, batch_inputs
+from workers.compiled_forward import CompiledForward
 from workers.hf_model import load_causal_lm
 from workers.slot_cache import SlotCache
 from workers.tree import DraftTree
@@ -42,6 +43,7 @@ class TargetVerifier:
         self.vocab_size = int(self.lm_head.weight.shape[0])
         self.hidden_size = int(self.config.hidden_size)
         self.max_positions = int(getattr(self.config, "max_position_embeddings", 2**31 - 1))
+        self.compiled: CompiledForward | None = None  # verifier.compile: bucketed compiled forwards
         window = getattr(self.config, "sliding_window", None)
         use_window = getattr(self.config, "use_sliding_window", True)
         self.sliding_window = int(window) if window and use_window else None
@@ -112,7 +114,8 @@ class TargetVerifier:
     def forward_rows(self, cache: SlotCache, slots: Sequence[int], starts: Sequence[int],
                      rows: Sequence[Row]) -> torch.Tensor:
         """One batched forward: row b's entries are written into slot slots[b] at starts[b] ... and see that
-        slot's prefix [0, starts[b]). Returns last-layer hidden states [B, W, H] (W = the widest row).
+        slot's prefix [0, starts[b]). Returns last-layer hidden states [B, W, H] (W >= the widest row: a
+        compiled forward pads it to its bucket).
 
         Lengths are not changed: the caller commits what it keeps (`SlotCache.compact` / `set_length`).
         """
@@ -123,6 +126,8 @@ class TargetVerifier:
             if start + int(row.offsets.max()) >= self.max_positions:
                 raise RequestError(f"sequence would reach position {start + int(row.offsets.max())}, beyond "
                                    f"the model's context of {self.max_positions}")
+        if self.compiled is not None and self.compiled.fits(rows):
+            return self.compiled(cache, slots, starts, rows, self.dtype, self.sliding_window, self.device)
         width = max(row.width for row in rows)
         kv_len = cache.begin(slots, starts, width)
         try:

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ from protocol.params import SamplingParams
 from protocol.trace import tracer
 from workers.batch_cost import BatchCost
 from workers.batch_verify import Verdict, VerifyJob, prefill_batch, verify_batch
+from workers.compiled_forward import CompiledForward, bucket
 from workers.cost_model import best_first_order, choose_width, expected_by_width, make_acceptance
 from workers.drafters.ngram import trie_from_rows
 from workers.lookup_index import LookupIndex
@@ -77,7 +79,7 @@ class VerifierWorker:
     def __init__(self, target: TargetVerifier, worker_id: str, tokenizer_hash: str = "", model_name: str = "",
                  acceptance: str = "calibrated", max_tree_nodes: int = 64, local_lookup: bool = True,
                  max_running: int = 32, max_batch: int | None = None, max_length: int | None = None,
-                 prefill_chunk: int = 256) -> None:
+                 prefill_chunk: int = 256, compile_backend: str | Callable[..., Any] | None = None) -> None:
         self.target = target
         self.worker_id = worker_id
         self.tokenizer_hash = tokenizer_hash
@@ -88,8 +90,13 @@ class VerifierWorker:
         self.prefill_chunk = prefill_chunk
         # a slot holds `capacity` committed tokens plus scratch for root + the largest tree
         self.capacity = min(max_length or target.max_positions, target.max_positions)
-        self.cache = SlotCache.for_model(target.config, max_running, self.capacity + max_tree_nodes + 1,
-                                         target.dtype, target.device)
+        width = max_tree_nodes + 1  # root + the largest tree
+        if compile_backend is not None:  # a scratch slot for padding rows, room for a row padded to its bucket
+            width = bucket(width)
+        self.cache = SlotCache.for_model(target.config, max_running + int(compile_backend is not None),
+                                         self.capacity + width, target.dtype, target.device)
+        if compile_backend is not None:
+            target.compiled = CompiledForward(target.decoder, self.cache, max_tree_nodes + 1, compile_backend)
         log.info("slot KV cache: %d slots x %d positions = %.1f MiB on %s", max_running, self.cache.max_len,
                  self.cache.nbytes / 2**20, target.device)
         self.cost = BatchCost(max_tree_nodes + 1)
