@@ -79,6 +79,8 @@ def test_shipped_layouts() -> None:
     assert gpu.drafter is not None
     assert (gpu.verifier.device, gpu.drafter.device, gpu.verifier.dtype) == ("cuda:0", "cuda:1", "bfloat16")
     assert gpu.verifier.num_threads is None and gpu.drafter.cpu_affinity is None
+    one_gpu = TandemConfig.load(REPO_ROOT / "configs" / "one_gpu.yaml")
+    assert one_gpu.drafter is not None and (one_gpu.verifier.device, one_gpu.drafter.device) == ("cuda:0", "cuda:0")
     demo = TandemConfig.default()
     assert demo.speculation.mode == "async" and demo.speculation.tree.total_tokens == 32
 
@@ -118,6 +120,10 @@ BAD_VALUES = [
     ("verifier.num_threads", 0),
     ("verifier.num_threads", 1.5),
     ("verifier.attn_implementation", "flash"),
+    ("verifier.max_length", 0),
+    ("verifier.max_batch", "16"),
+    ("verifier.prefill_chunk", 0),
+    ("verifier.compile", "yes"),
     ("drafter.kind", "medusa"),
     ("drafter.dtype", "int8"),
     ("drafter.device", "tpu"),
