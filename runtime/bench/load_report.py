@@ -3,14 +3,13 @@ markdown table (printed and results_load.md)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from runtime.bench import load_metrics as lm
 from runtime.bench.load_records import LevelRun
 from runtime.bench.metrics import merge_spec_stats, speedup, tokens_per_s
-from runtime.bench.report import fmt, machine_line, placement_text
+from runtime.bench.report import fmt, machine_line, placement_text, write_files
 
 BASELINE = "hf-generate"
 
@@ -110,8 +109,4 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def write(payload: dict[str, Any], out_dir: Path) -> str:
     """Write results_load.json and results_load.md; return the markdown."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results_load.json").write_text(json.dumps(payload, indent=2, default=str))
-    text = markdown(payload)
-    (out_dir / "results_load.md").write_text(text)
-    return text
+    return write_files(payload, markdown(payload), out_dir, "results_load")

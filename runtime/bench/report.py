@@ -83,8 +83,12 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def write(payload: dict[str, Any], out_dir: Path) -> str:
     """Write results.json and results.md; return the markdown."""
+    return write_files(payload, markdown(payload), out_dir, "results")
+
+
+def write_files(payload: dict[str, Any], text: str, out_dir: Path, stem: str) -> str:
+    """`stem`.json (the payload) and `stem`.md (`text`) in `out_dir`; returns `text`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(payload, indent=2, default=str))
-    text = markdown(payload)
-    (out_dir / "results.md").write_text(text)
+    (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str))
+    (out_dir / f"{stem}.md").write_text(text)
     return text
