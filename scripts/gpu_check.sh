@@ -4,7 +4,10 @@
 #   2. the load bench at concurrency 1 and 16 on the demo models (configs/one_gpu.yaml, fp32)
 #   3. the load bench in scale mode: a random-weight Llama-3-8B-like target in bf16 with an oracle drafter
 # Everything goes to one folder: bash scripts/gpu_check.sh [OUT_DIR]   (default: $OUT, else gpu_check_out)
-# Python packages missing on the GPU image (pyzmq, pytest-asyncio, ...) may come as wheels in .whl/.
+# Python packages missing on the GPU image (pyzmq, pytest-asyncio, ...) may come as wheels in .whl/
+# (git-ignored), fetched beforehand for its Python, e.g.:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl pyzmq pytest-asyncio
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu_check_out}}"
