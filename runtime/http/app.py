@@ -25,7 +25,6 @@ from runtime.http.responses import Shape, sse
 from runtime.http.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from runtime.http.service import TandemService
 
-DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that hung up
 
 
@@ -90,19 +89,26 @@ async def _answer(service: TandemService, request: Request, shape: Shape, body: 
         return StreamingResponse(_events(shape, first, chunks, len(prompt_ids), body.include_usage),
                                  media_type="text/event-stream")
     collecting = asyncio.ensure_future(_collect(first, chunks))
-    while not collecting.done():  # a client that hangs up cancels the request, as a stream's does
-        await asyncio.wait({collecting}, timeout=DISCONNECT_POLL_S)
-        if not collecting.done() and await request.is_disconnected():
-            collecting.cancel()  # inside `chunks`: the AsyncClient stream sends Cancel on its way out
-            with contextlib.suppress(asyncio.CancelledError):
-                await collecting
-            return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; logs show why
+    hang_up = asyncio.ensure_future(_hang_up(request))
+    await asyncio.wait({collecting, hang_up}, return_when=asyncio.FIRST_COMPLETED)
+    hang_up.cancel()
+    if not collecting.done():  # the client hung up: cancel the request, as a stream's hang-up does
+        collecting.cancel()  # inside `chunks`: the AsyncClient stream sends Cancel on its way out
+        with contextlib.suppress(asyncio.CancelledError):
+            await collecting
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; logs show why
     try:
         text, num_tokens, last = collecting.result()
     except TandemError as err:
         raise from_tandem(err) from err
     return JSONResponse(shape.response(text, last.finish_reason or "stop", len(prompt_ids), num_tokens,
                                        last.stats or {}))
+
+
+async def _hang_up(request: Request) -> None:
+    """Returns when the client disconnects (the request's body has been read: nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _collect(first: Chunk, chunks: AsyncGenerator[Chunk, None]) -> tuple[str, int, Chunk]:
