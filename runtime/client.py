@@ -119,9 +119,15 @@ class Client:
         A DEALER with no connected peer blocks on send (coordinator down, CURVE handshake refused).
         """
         wait_s = self.timeout_s if timeout_s is None else timeout_s
+        unreachable = WorkerDeadError(f"cannot reach the coordinator at {self.address} within {wait_s} s")
         if not self.socket.poll(int(wait_s * 1000), zmq.POLLOUT):
-            raise WorkerDeadError(f"cannot reach the coordinator at {self.address} within {wait_s} s")
-        self.socket.send_multipart(encode(message), copy=False)
+            raise unreachable
+        # the peer can vanish between poll and send (a CURVE handshake refused meanwhile): bounded send too
+        self.socket.setsockopt(zmq.SNDTIMEO, max(int(wait_s * 1000), 1))
+        try:
+            self.socket.send_multipart(encode(message), copy=False)
+        except zmq.Again:
+            raise unreachable from None
 
     def _receive_for(self, request_id: str) -> Message:
         """Next Chunk/Metrics for this request; an Error becomes an exception; others' messages are skipped."""
@@ -230,9 +236,14 @@ class AsyncClient:
 
     async def _send(self, message: Message, timeout_s: float | None = None) -> None:
         wait_s = self.timeout_s if timeout_s is None else timeout_s
+        unreachable = WorkerDeadError(f"cannot reach the coordinator at {self.address} within {wait_s} s")
         if not await self.socket.poll(int(wait_s * 1000), zmq.POLLOUT):  # type: ignore[call-arg]
-            raise WorkerDeadError(f"cannot reach the coordinator at {self.address} within {wait_s} s")
-        await self.socket.send_multipart(encode(message), copy=False)
+            raise unreachable
+        self.socket.setsockopt(zmq.SNDTIMEO, max(int(wait_s * 1000), 1))  # as Client._send: never block for good
+        try:
+            await self.socket.send_multipart(encode(message), copy=False)
+        except zmq.Again:
+            raise unreachable from None
 
     async def _read(self) -> None:
         while True:
