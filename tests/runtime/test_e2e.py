@@ -72,7 +72,9 @@ def test_concurrent_greedy_equals_generate(deployment: Deployment, reference: li
             assert metrics["tau"] > 1.5
         else:
             assert metrics["num_draft_tokens"] > 0 and metrics["accepted_per_depth"][0] > 0
-            assert metrics["reroot_hit_rate"] > 0
+            # the drafter's living tree follows the commits (the verifier's own hits need the drafter ahead
+            # of it, a matter of timing here; test_metrics_truth shows them by construction)
+            assert metrics["drafter_reroot_hit_rate"] > 0
 
 
 def test_seeded_sampling_is_reproducible(deployment: Deployment) -> None:
