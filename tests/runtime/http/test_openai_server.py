@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -197,25 +195,6 @@ def test_disconnect_mid_stream_cancels_the_request(deployment: Deployment, base_
             assert response.status_code == 200
             first = next(response.iter_lines())
             assert first.startswith("data: ")
-        metrics = wait_for_sync(client, lambda m: m["num_active"] == 0
-                                and all(w["num_requests"] == 0 for w in m["workers"]))
-    assert metrics["num_generated"] - before < 500  # cancelled, not run to its 500 tokens
-
-
-def test_disconnect_while_waiting_cancels_a_non_streamed_request(deployment: Deployment, base_url: str) -> None:
-    # sampled: prompt lookup rarely matches, so 500 tokens take seconds
-    body = json.dumps({"model": "demo", "prompt": PROMPT, "max_tokens": 500, "ignore_eos": True,
-                       "temperature": 1.0, "seed": 3}).encode()
-    url = httpx.URL(base_url)
-    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {url.host}\r\nAuthorization: Bearer {KEY}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-    with Client(deployment.config.coordinator.client_address, timeout_s=30) as client:
-        before = client.metrics()["num_generated"]
-        # a raw socket, closed on purpose: a library client may keep a timed-out connection open until its
-        # exception is garbage-collected
-        with socket.create_connection((url.host, url.port)) as connection:
-            connection.sendall(head + body)
-            wait_for_sync(client, lambda m: m["num_active"] == 1)  # running, nothing answered yet
         metrics = wait_for_sync(client, lambda m: m["num_active"] == 0
                                 and all(w["num_requests"] == 0 for w in m["workers"]))
     assert metrics["num_generated"] - before < 500  # cancelled, not run to its 500 tokens
