@@ -7,13 +7,14 @@ the forward and the compaction are shared by the batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from protocol.params import SamplingParams
 from workers.acceptance import accept_path
 from workers.batch_mask import Row
+from workers.hidden_transfer import TransferMaps
 from workers.sampling import choose_tokens
 from workers.slot_cache import SlotCache
 from workers.target import TargetVerifier
@@ -29,6 +30,7 @@ class VerifyJob:
     root: int  # x[C-1]
     tree: DraftTree
     params: SamplingParams
+    anchors: tuple[int, ...] = ()  # Hidden Transfer: entries (0 = root, 1 + i = node i) that get pseudo slots
 
 
 @dataclass(frozen=True)
@@ -37,14 +39,24 @@ class Verdict:
     bonus: int
     hidden: torch.Tensor  # [1 + n, H] last-layer states of root + nodes
     logits: torch.Tensor  # [1 + n, V] float32: row 0 after the root, row 1 + i after node i
+    guesses: torch.Tensor | None = None  # [k, V] float32: the last accepted entry's slots, when it was an anchor
 
 
 @torch.inference_mode()
-def verify_batch(target: TargetVerifier, cache: SlotCache, jobs: Sequence[VerifyJob]) -> list[Verdict]:
-    """Verify every job's tree in one forward and keep each row's root + accepted path in its slot."""
+def verify_batch(target: TargetVerifier, cache: SlotCache, jobs: Sequence[VerifyJob],
+                 maps: TransferMaps | None = None) -> list[Verdict]:
+    """Verify every job's tree in one forward and keep each row's root + accepted path in its slot.
+
+    With `maps` and anchors, the same forward runs the anchors' pseudo slots; the LM head then runs only on
+    the slots of rows whose last accepted entry was an anchor (the guesses for the tokens after its bonus).
+    """
     rows = [Row.tree(job.root, job.tree) for job in jobs]
     slots, starts = [job.slot for job in jobs], [job.start for job in jobs]
-    hidden = target.forward_rows(cache, slots, starts, rows)  # [B, W, H]
+    pseudo = None
+    if maps is not None and any(job.anchors for job in jobs):
+        hidden, pseudo = target.forward_rows_pseudo(cache, slots, starts, rows, maps, [job.anchors for job in jobs])
+    else:
+        hidden = target.forward_rows(cache, slots, starts, rows)  # [B, W, H]
     widths = [row.width for row in rows]
     flat = torch.cat([hidden[b, :w] for b, w in enumerate(widths)])  # [sum n, H]: padding gets no LM head
     logits = target.logits(flat)
@@ -64,7 +76,28 @@ def verify_batch(target: TargetVerifier, cache: SlotCache, jobs: Sequence[Verify
         keep.append([0, *(1 + path).tolist()])
         offset += width
     cache.compact(slots, starts, keep)
+    if pseudo is not None:
+        assert maps is not None
+        verdicts = _with_guesses(target, verdicts, jobs, pseudo, maps.config.num_offsets)
     return verdicts
+
+
+def _with_guesses(target: TargetVerifier, verdicts: list[Verdict], jobs: Sequence[VerifyJob], pseudo: torch.Tensor,
+                  num_offsets: int) -> list[Verdict]:
+    """Attach the guesses of every row whose last accepted entry has slots (one LM-head call for all)."""
+    picks = []  # (row, first slot column)
+    for b, (job, verdict) in enumerate(zip(jobs, verdicts, strict=True)):
+        last = int(verdict.path[-1]) + 1 if verdict.path.numel() else 0
+        if last in job.anchors:
+            picks.append((b, job.anchors.index(last) * num_offsets))
+    if not picks:
+        return verdicts
+    states = torch.stack([pseudo[b, column: column + num_offsets] for b, column in picks])  # [R, k, H]
+    logits = target.logits(states)
+    out = list(verdicts)
+    for (b, _), guesses in zip(picks, logits, strict=True):
+        out[b] = replace(out[b], guesses=guesses)
+    return out
 
 
 @torch.inference_mode()

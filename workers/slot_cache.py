@@ -182,7 +182,8 @@ class SlotCache(Cache):
             raise RuntimeError("SlotCache.begin() must be called before a forward")
         keys, values = self.keys[layer], self.values[layer]
         heads = torch.arange(keys.shape[1], device=keys.device)[None, :, None]
-        index = (batch.slots[:, None, None], heads, batch.positions)
+        # a layer may bring fewer entries than `width` (Hidden Transfer's slots join the upper layers only)
+        index = (batch.slots[:, None, None], heads, batch.positions[..., : key_states.shape[2]])
         keys.index_put_(index, key_states.to(keys.dtype))
         values.index_put_(index, value_states.to(values.dtype))
         if batch.first is not None:

@@ -17,7 +17,10 @@ from protocol.errors import ProtocolError, RequestError
 from workers import kv_cache
 from workers.batch_mask import Row, batch_inputs
 from workers.compiled_forward import CompiledForward
+from workers.hidden_forward import forward_with_pseudo
+from workers.hidden_transfer import TransferMaps
 from workers.hf_model import load_causal_lm
+from workers.pseudo_mask import pseudo_plan
 from workers.slot_cache import SlotCache
 from workers.tree import DraftTree
 from workers.tree_mask import tree_mask
@@ -119,13 +122,7 @@ class TargetVerifier:
 
         Lengths are not changed: the caller commits what it keeps (`SlotCache.compact` / `set_length`).
         """
-        for row, start in zip(rows, starts, strict=True):
-            ids = row.token_ids
-            if ids.numel() and (int(ids.max()) >= self.vocab_size or int(ids.min()) < 0):
-                raise ProtocolError(f"token ids outside the vocabulary [0, {self.vocab_size})")
-            if start + int(row.offsets.max()) >= self.max_positions:
-                raise RequestError(f"sequence would reach position {start + int(row.offsets.max())}, beyond "
-                                   f"the model's context of {self.max_positions}")
+        self._check_rows(rows, starts)
         if self.compiled is not None and self.compiled.fits(rows):
             return self.compiled(cache, slots, starts, rows, self.dtype, self.sliding_window, self.device)
         width = max(row.width for row in rows)
@@ -138,6 +135,40 @@ class TargetVerifier:
             cache.end()
         hidden: torch.Tensor = out.last_hidden_state
         return hidden
+
+    @torch.inference_mode()
+    def forward_rows_pseudo(self, cache: SlotCache, slots: Sequence[int], starts: Sequence[int], rows: Sequence[Row],
+                            maps: TransferMaps, anchors: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward_rows` with Hidden Transfer's pseudo slots: row b's anchors[b] (entries of the row) each get
+        k slots after the row's real entries. Returns (real states [B, W, H], slot states [B, A*k, H]).
+
+        The slots' keys and values land in the slot's scratch room after the real entries at layers [l, L),
+        beyond what any compaction keeps; no real row sees them (workers/pseudo_mask.py).
+        """
+        self._check_rows(rows, starts)
+        num_offsets = maps.config.num_offsets
+        for row, start, chosen in zip(rows, starts, anchors, strict=True):
+            if chosen and start + int(row.offsets[list(chosen)].max()) + num_offsets >= self.max_positions:
+                raise RequestError(f"pseudo slots would pass the model's context of {self.max_positions}")
+        width = max(row.width for row in rows)
+        total = max(len(a) for a in anchors) * num_offsets
+        kv_len = cache.begin(slots, starts, width + total)
+        try:
+            ids, positions, mask = batch_inputs(rows, starts, kv_len, self.dtype, self.sliding_window)
+            plan = pseudo_plan(rows, starts, anchors, num_offsets, width, kv_len, self.dtype, self.sliding_window)
+            return forward_with_pseudo(self.decoder, ids.to(self.device), positions.to(self.device),
+                                       mask.to(self.device), cache, maps, plan)
+        finally:
+            cache.end()
+
+    def _check_rows(self, rows: Sequence[Row], starts: Sequence[int]) -> None:
+        for row, start in zip(rows, starts, strict=True):
+            ids = row.token_ids
+            if ids.numel() and (int(ids.max()) >= self.vocab_size or int(ids.min()) < 0):
+                raise ProtocolError(f"token ids outside the vocabulary [0, {self.vocab_size})")
+            if start + int(row.offsets.max()) >= self.max_positions:
+                raise RequestError(f"sequence would reach position {start + int(row.offsets.max())}, beyond "
+                                   f"the model's context of {self.max_positions}")
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
