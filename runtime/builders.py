@@ -63,14 +63,26 @@ def build_verifier_worker(config: TandemConfig, worker_id: str) -> Any:
                                             section.attn_implementation)
     speculation, limits = config.speculation, config.limits
     max_length = section.max_length or limits.max_prompt_tokens + limits.max_new_tokens
+    hidden = build_hidden_source(section.hidden_transfer, target) if section.hidden_transfer else None
     worker = VerifierWorker(target, worker_id, tokenizer_hash(section.model), os.path.basename(section.model),
                             speculation.acceptance, max(speculation.tree.total_tokens, 1), speculation.local_lookup,
                             max_running=limits.max_running_per_verifier, max_batch=section.max_batch,
                             max_length=max_length, prefill_chunk=section.prefill_chunk,
-                            compile_backend="inductor" if section.compile else None)
+                            compile_backend="inductor" if section.compile else None, hidden=hidden)
     if speculation.mode != "off":
         worker.calibrate()  # t(n) for the cost model; refined online
     return worker
+
+
+def build_hidden_source(directory: str, target: Any) -> Any:
+    """Hidden Transfer maps on the target's device and dtype, checked against its shape."""
+    from workers.hidden_source import HiddenSource
+    from workers.hidden_transfer import TransferMaps
+
+    maps = TransferMaps.load(directory, target.dtype, target.device)
+    maps.config.check_target(target.config, f"verifier.hidden_transfer ({directory})")
+    log.info("hidden transfer: %s (layer %d, k = %d)", directory, maps.config.layer, maps.config.num_offsets)
+    return HiddenSource(maps, int(target.config.num_hidden_layers))
 
 
 def build_drafter_worker(config: TandemConfig, worker_id: str) -> Any:

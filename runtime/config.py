@@ -62,7 +62,8 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True, kw_only=True)
 class TandemConfig:
-    """Every section of one deployment. `drafter` may be None only when `speculation.mode` is off.
+    """Every section of one deployment. `drafter` may be None only when `speculation.mode` is off or the
+    verifier drafts by itself with Hidden Transfer (`verifier.hidden_transfer`).
 
     With mode off a drafter section is allowed but unused: no drafter is started or consulted.
     `source` names the file it came from, for error messages; it is not a YAML key.
@@ -79,9 +80,9 @@ class TandemConfig:
     source: str = field(default="<string>", compare=False)
 
     def __post_init__(self) -> None:
-        if self.drafter is None and self.speculation.mode != "off":
+        if self.drafter is None and self.speculation.mode != "off" and self.verifier.hidden_transfer is None:
             raise ConfigError(f"missing required key drafter (speculation.mode is {self.speculation.mode!r}; "
-                              "only mode 'off' runs without a drafter)")
+                              "only mode 'off' or verifier.hidden_transfer runs without a drafter)")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TandemConfig:
@@ -133,6 +134,9 @@ class TandemConfig:
         missing = [f"{section.SECTION}.model directory {section.model} does not exist"
                    for section in (self.verifier, self.drafter)
                    if section is not None and section.model is not None and not Path(section.model).is_dir()]
+        hidden = self.verifier.hidden_transfer
+        if hidden is not None and not Path(hidden).is_dir():
+            missing.append(f"verifier.hidden_transfer directory {hidden} does not exist")
         if missing:
             raise ConfigError(f"{self.source}: " + "; ".join(missing))
 
@@ -163,6 +167,8 @@ def _build(data: object, source: str, base_dir: Path | None) -> TandemConfig:
     if verifier is None:
         raise ConfigError("missing required key verifier")
     verifier = replace(verifier, model=resolve_model_path(verifier.model, base_dir))
+    if verifier.hidden_transfer is not None:
+        verifier = replace(verifier, hidden_transfer=resolve_model_path(verifier.hidden_transfer, base_dir))
     drafter = _section(top, "drafter", DrafterConfig)
     if drafter is not None and drafter.model is not None:
         drafter = replace(drafter, model=resolve_model_path(drafter.model, base_dir))

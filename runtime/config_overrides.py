@@ -58,6 +58,8 @@ def write_effective(path: str | os.PathLike[str], overrides: Sequence[str], out_
     config = TandemConfig.load(path, overrides)  # validates, and resolves relative paths
     data = apply_overrides(yaml.safe_load(Path(path).read_text(encoding="utf-8")), overrides)
     data["verifier"]["model"] = config.verifier.model
+    if config.verifier.hidden_transfer is not None:
+        data["verifier"]["hidden_transfer"] = config.verifier.hidden_transfer
     if config.drafter is not None and config.drafter.model is not None:
         data["drafter"]["model"] = config.drafter.model
     if config.server is not None and config.server.chat_template is not None:

@@ -159,9 +159,12 @@ class VerifierConfig(_Placement):
     max_batch: int | None = None  # requests verified in one forward; None = every running one
     prefill_chunk: int = 256  # prompt tokens per prefill forward, interleaved with verifications
     compile: bool = False  # torch.compile the verification forward on bucketed shapes (workers/compiled_forward.py)
+    hidden_transfer: str | None = None  # Hidden Transfer maps directory (scripts/train_hidden.py); None = off
 
     def __post_init__(self) -> None:
         check_str("verifier.model", self.model)
+        if self.hidden_transfer is not None:
+            check_str("verifier.hidden_transfer", self.hidden_transfer)
         self._check_placement()
         for key in ("max_length", "max_batch"):
             if getattr(self, key) is not None:

@@ -35,6 +35,8 @@ def config_variant(config_path: str, out_dir: Path, mode: str, fresh_ports: bool
     data.setdefault("speculation", {})["mode"] = mode
     data.pop("server", None)  # a variant measures the runtime: no HTTP server
     data["verifier"]["model"] = config.verifier.model
+    if config.verifier.hidden_transfer is not None:
+        data["verifier"]["hidden_transfer"] = config.verifier.hidden_transfer
     if config.drafter is not None and config.drafter.model is not None:
         data["drafter"]["model"] = config.drafter.model
     if fresh_ports:

@@ -57,9 +57,11 @@ class HiddenConfig:
 
     def check_target(self, target_config: Any, where: str = "hidden_transfer") -> None:
         """Raise ValueError naming every shape that differs from the target's."""
-        expected = HiddenConfig.for_target(target_config, self.layer, self.num_offsets)
-        wrong = [f"{key} {getattr(self, key)} (target: {getattr(expected, key)})"
-                 for key in ("hidden_size", "num_layers", "vocab_size") if getattr(self, key) != getattr(expected, key)]
+        text = getattr(target_config, "text_config", None) or target_config
+        actual = {"hidden_size": int(text.hidden_size), "num_layers": int(text.num_hidden_layers),
+                  "vocab_size": int(text.vocab_size)}
+        wrong = [f"{key} {getattr(self, key)} (target: {value})" for key, value in actual.items()
+                 if getattr(self, key) != value]
         if wrong:
             raise ValueError(f"{where}: the maps were trained for another target: {', '.join(wrong)}")
 

@@ -14,6 +14,7 @@ import torch
 from protocol.drafts import MAX_TREE_NODES
 from protocol.messages import Draft
 from protocol.params import SamplingParams
+from workers.hidden_source import HiddenState
 from workers.lookup_index import LookupIndex
 from workers.tree import DraftTree
 from workers.wire import tree_from_blobs
@@ -63,6 +64,7 @@ class VerifierRequest:
     prefill: PrefillProgress | None = None  # chunks still to cache; not runnable until done
     verified_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # last choice
     lookup: LookupIndex | None = None  # n-grams of `committed` for the verifier's prompt lookup (built lazily)
+    hidden: HiddenState = field(default_factory=HiddenState)  # Hidden Transfer's guess tree and anchor pricing
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

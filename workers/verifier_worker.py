@@ -40,6 +40,7 @@ from workers.batch_verify import Verdict, VerifyJob, prefill_batch, verify_batch
 from workers.compiled_forward import CompiledForward, bucket
 from workers.cost_model import best_first_order, choose_width, expected_by_width, make_acceptance
 from workers.drafters.ngram import trie_from_rows
+from workers.hidden_source import HiddenSource
 from workers.lookup_index import LookupIndex
 from workers.sampling import choose_tokens
 from workers.slot_cache import CacheFullError, SlotCache
@@ -79,7 +80,8 @@ class VerifierWorker:
     def __init__(self, target: TargetVerifier, worker_id: str, tokenizer_hash: str = "", model_name: str = "",
                  acceptance: str = "calibrated", max_tree_nodes: int = 64, local_lookup: bool = True,
                  max_running: int = 32, max_batch: int | None = None, max_length: int | None = None,
-                 prefill_chunk: int = 256, compile_backend: str | Callable[..., Any] | None = None) -> None:
+                 prefill_chunk: int = 256, compile_backend: str | Callable[..., Any] | None = None,
+                 hidden: HiddenSource | None = None) -> None:
         self.target = target
         self.worker_id = worker_id
         self.tokenizer_hash = tokenizer_hash
@@ -90,7 +92,8 @@ class VerifierWorker:
         self.prefill_chunk = prefill_chunk
         # a slot holds `capacity` committed tokens plus scratch for root + the largest tree
         self.capacity = min(max_length or target.max_positions, target.max_positions)
-        width = max_tree_nodes + 1  # root + the largest tree
+        self.hidden = hidden  # Hidden Transfer: pseudo slots in the verification forward (workers/hidden_source.py)
+        width = max_tree_nodes + 1 + (hidden.max_columns if hidden else 0)  # root + the largest tree + slots
         if compile_backend is not None:  # a scratch slot for padding rows, room for a row padded to its bucket
             width = bucket(width)
         self.cache = SlotCache.for_model(target.config, max_running + int(compile_backend is not None),
@@ -99,15 +102,16 @@ class VerifierWorker:
             target.compiled = CompiledForward(target.decoder, self.cache, max_tree_nodes + 1, compile_backend)
         log.info("slot KV cache: %d slots x %d positions = %.1f MiB on %s", max_running, self.cache.max_len,
                  self.cache.nbytes / 2**20, target.device)
-        self.cost = BatchCost(max_tree_nodes + 1)
+        self.cost = BatchCost(width)
         # estimates per (greedy?, tree source): a drafter's trees and the verifier's own lookups differ
         self.acceptance = {(greedy, source): make_acceptance(acceptance)
-                           for greedy in (True, False) for source in ("drafter", "lookup")}
+                           for greedy in (True, False) for source in ("drafter", "lookup", "hidden")}
         self.local_lookup = local_lookup
         self.compute_s = 0.0
         self.counters = {"num_verifications": 0, "num_drafts": 0, "num_drafts_dropped": 0, "num_nodes_verified": 0,
                          "num_drafts_malformed": 0, "num_lookups": 0, "num_batches": 0, "num_prefill_chunks": 0,
-                         "num_failed": 0}
+                         "num_failed": 0, "num_hidden_trees": 0, "num_hidden_verifications": 0,
+                         "num_hidden_accepted": 0}
         self._order: list[str] = []  # round-robin order of request ids
         self._prefill_turn = True  # prefill chunks and verifications alternate while both are due
 
@@ -323,15 +327,16 @@ class VerifierWorker:
         start = time.perf_counter()
         with tracer.span("choose", rows=len(requests)):
             trees = self._choose_batch(requests)
-        jobs = [VerifyJob(r.slot, r.epoch - 1, r.committed[-1], tree, r.params)
-                for r, tree in zip(requests, trees, strict=True)]
+        anchors = self._anchors(requests, trees) if self.hidden is not None else [()] * len(requests)
+        jobs = [VerifyJob(r.slot, r.epoch - 1, r.committed[-1], tree, r.params, a)
+                for r, tree, a in zip(requests, trees, anchors, strict=True)]
         width = 1 + max(tree.num_nodes for tree in trees)
         context = max(r.epoch for r in requests)
         try:
             with tracer.span("verify", rows=len(jobs), width=width, nodes=sum(t.num_nodes for t in trees),
                              context=context):
                 began = time.perf_counter()
-                verdicts = verify_batch(self.target, self.cache, jobs)
+                verdicts = verify_batch(self.target, self.cache, jobs, self.hidden.maps if self.hidden else None)
                 forward_s = time.perf_counter() - began
         except Exception as err:
             if len(jobs) == 1:
@@ -352,6 +357,13 @@ class VerifierWorker:
         tokens = [*tree.token_ids[verdict.path].tolist(), verdict.bonus]
         self._learn(request, tree, tokens, (request.params.is_greedy, request.tree_source))
         is_hit = request.commit(tokens)
+        if request.tree_source == "hidden" and tree.num_nodes:
+            self.counters["num_hidden_verifications"] += 1
+            self.counters["num_hidden_accepted"] += int(verdict.path.numel())
+        if verdict.guesses is not None and self.hidden is not None:  # the next tree, under the bonus
+            request.hidden.tree = self.hidden.tree(verdict.guesses, request.max_tree_nodes)
+            request.hidden.epoch = request.epoch
+            self.counters["num_hidden_trees"] += 1
         features = committed_features(verdict.hidden, verdict.path) if request.want_features else None
         self.counters["num_verifications"] += 1
         self.counters["num_nodes_verified"] += tree.num_nodes
@@ -422,7 +434,24 @@ class VerifierWorker:
             lookup = self._look_up(request)
             if lookup is not None:
                 found.append(self._candidate(request, lookup, "lookup", room))
+        guesses = request.hidden.take_tree(request.epoch) if self.hidden is not None else None
+        if guesses is not None and guesses.num_nodes:
+            found.append(self._candidate(request, guesses, "hidden", room))
+            width = min(1 + len(found[-1].order), self.max_tree_nodes + 1)
+            others = [float(c.expected[width - 1]) for c in found[:-1]]
+            request.hidden.observe(float(found[-1].expected[width - 1]), max(others, default=1.0))
         return found
+
+    def _anchors(self, requests: list[VerifierRequest], trees: list[DraftTree]) -> list[tuple[int, ...]]:
+        """Which entries of each row get Hidden Transfer slots in this forward (workers/hidden_source.py)."""
+        assert self.hidden is not None
+        estimates = [self.acceptance[(r.params.is_greedy, r.tree_source)].estimate(t)
+                     for r, t in zip(requests, trees, strict=True)]
+        costs = self.cost.table(len(requests), max(r.epoch for r in requests)) if self.cost.is_known else None
+        room = [self.target.max_positions - r.epoch - self.hidden.num_offsets - 1 for r in requests]
+        can = [r.mode != "off" and r.max_tree_nodes > 0 and t.max_depth <= m
+               for r, t, m in zip(requests, trees, room, strict=True)]
+        return self.hidden.choose([r.hidden for r in requests], trees, estimates, costs, can)
 
     def _candidate(self, request: VerifierRequest, tree: DraftTree, source: str, room: int) -> Candidate:
         if tree.max_depth > room:
