@@ -41,7 +41,7 @@ temperature 0.
 | `--eval-prompts` | 20 | held-out prompts for the final τ evaluation (0 = skip) |
 | `--eval-new-tokens` | 64 | new tokens per prompt |
 | `--eval-min-prompt-tokens` / `--eval-max-prompt-tokens` | 64 / 128 | prompt length range |
-| `--eval-tree` | `default` | tree preset of scripts/eval_drafters.py or TOTAL:DEPTH:TOP_K |
+| `--eval-tree` | `default` | tree preset of runtime/drafter_eval.py or TOTAL:DEPTH:TOP_K |
 | `--save-dtype` | float16 | dtype of the saved drafter weights (loads back in fp32) |
 | `--compile` | off | torch.compile the training step |
 | `--seed` | 0 | initialisation, data-order and glancing seed |
@@ -72,9 +72,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from eval_drafters import evaluate, load_prompts, parse_tree, reference_outputs
 from transformers import AutoTokenizer
 
+from runtime.drafter_eval import evaluate, load_prompts, parse_tree, reference_outputs
 from runtime.stopping import StopRules
 from workers.drafters.falcon import FalconDrafter
 from workers.target import TargetVerifier

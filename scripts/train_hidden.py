@@ -12,21 +12,30 @@ and give the loss, the argmax agreement per offset and the top-1 chain acceptanc
 | `--tokenizer` | the target dir | tokenizer directory |
 | `--corpus` | `stdlib` | `stdlib`, a directory of text files, or a JSONL file ("text" or chat "messages" per line) |
 | `--chat-template` | the tokenizer's | Jinja chat template file (for chat records and a tokenizer without one) |
-| `--device` / `--dtype` | `cpu` / `float32` | where the target runs and its dtype; `bfloat16` runs the frozen target in bf16 (the maps keep fp32 weights) |
+| `--device` / `--dtype` | `cpu` / `float32` | where the target runs, its dtype (the maps keep fp32 weights) |
 | `--out` | `models/demo/hidden` | output directory (hidden_config.json + model.safetensors + training_report.json) |
 | `--layer` | 10 | l: the maps read the state after decoder layers [0, l); pseudo states pass layers [l, L) |
 | `--num-offsets` | 3 | k: pseudo slots per node (tokens guessed after the bonus) |
 | `--num-samples` / `--eval-samples` | 1024 / 64 | training / held-out prompts the target continues |
 | `--prompt-tokens` / `--new-tokens` | 64 / 192 | prompt window and continuation length |
-| `--sample-share` / `--temperature` | 0.5 / 1.0 | share of training continuations sampled (the rest greedy; held-out ones are greedy) |
+| `--sample-share` / `--temperature` | 0.5 / 1.0 | share of training continuations sampled (the rest greedy) |
 | `--gen-batch-size` | 32 | prompts per generation batch |
-| `--data-cache` | `<tmp>/tandem_train/<out name>-data.pt` | the generated text, reused by later runs with the same data flags |
+| `--data-cache` | `<tmp>/tandem_train/<out>-data.pt` | the generated text, reused by runs with the same data flags |
 | `--batch-size` | 8 | samples per step |
 | `--eval-every` | 100 | held-out metrics every N steps (and at the end) |
 | `--save-dtype` | float16 | dtype of the saved maps |
-
-Plus the shared optimizer and run-control flags (`--steps`, `--lr`, `--warmup-steps`, `--checkpoint`,
-`--checkpoint-every`, `--resume`, `--seed`, `--num-threads`, ...; see `--help`).
+| `--steps` | 400 | optimizer steps |
+| `--lr` / `--min-lr-ratio` | 2e-3 / 0.1 | peak AdamW learning rate; the cosine ends at lr × ratio |
+| `--warmup-steps` | 20 | linear warm-up steps |
+| `--weight-decay` | 0.0 | AdamW weight decay (matrices only) |
+| `--beta1`, `--beta2` | 0.9, 0.95 | AdamW betas |
+| `--grad-clip` | 1.0 | max global gradient norm (0 = off) |
+| `--seed` | 0 | prompt choice, sampling, initialisation and data-order seed |
+| `--log-every` | 10 | progress line every N steps |
+| `--checkpoint` | `<tmp>/tandem_train/<out name>.pt` | training checkpoint (maps, AdamW state, step) |
+| `--checkpoint-every` | 50 | checkpoint every N steps |
+| `--resume` | off | continue from `--checkpoint` (same data per step) |
+| `--num-threads` | 2 | torch intra-op threads |
 """
 
 from __future__ import annotations

@@ -95,7 +95,10 @@ def tree_from_guesses(logits: torch.Tensor, max_nodes: int, top_k: int = GUESS_T
     probabilities are kept (ancestor-closed: a child's product never exceeds its parent's)."""
     probs = torch.softmax(logits.float(), dim=-1)
     top_p, top_ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)  # [k, top_k]
-    tokens, parents, own, path = [], [], [], []
+    tokens: list[int] = []
+    parents: list[int] = []
+    own: list[float] = []
+    path: list[float] = []
     frontier = [(ROOT, 1.0)]
     for depth in range(logits.shape[0]):
         candidates = [(p_path * float(p), parent, int(t), float(p))

@@ -82,7 +82,7 @@ class TransferMaps(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., H] real states -> [..., k, H] pseudo states (slot j for position + 1 + j)."""
         out: torch.Tensor = self.proj(hidden.to(self.proj.weight.dtype))
-        return out.unflatten(-1, (self.config.num_offsets, self.config.hidden_size))
+        return out.reshape(*out.shape[:-1], self.config.num_offsets, self.config.hidden_size)
 
     def save(self, directory: str | Path, dtype: torch.dtype = torch.float16) -> None:
         path = Path(directory)

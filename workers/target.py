@@ -17,9 +17,9 @@ from protocol.errors import ProtocolError, RequestError
 from workers import kv_cache
 from workers.batch_mask import Row, batch_inputs
 from workers.compiled_forward import CompiledForward
+from workers.hf_model import load_causal_lm
 from workers.hidden_forward import forward_with_pseudo
 from workers.hidden_transfer import TransferMaps
-from workers.hf_model import load_causal_lm
 from workers.pseudo_mask import pseudo_plan
 from workers.slot_cache import SlotCache
 from workers.tree import DraftTree

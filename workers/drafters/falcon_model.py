@@ -179,15 +179,34 @@ class FalconDrafterModel(nn.Module):
 def load_target_head(target_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(embed_weight, lm_head_weight) [V, H] read from a HF checkpoint's safetensors, nothing else."""
     path = Path(target_dir)
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
     weight_files = _weight_files(path)
     embed_name = next((n for n in weight_files if n.endswith("embed_tokens.weight")), None)
     if embed_name is None:
         raise ValueError(f"no embed_tokens.weight in the safetensors files of {path}")
     embed = _read_tensor(weight_files[embed_name], embed_name)
-    if config.get("tie_word_embeddings", False) or "lm_head.weight" not in weight_files:
+    tied = ties_embeddings(path)
+    if tied is None:  # no config.json: tied exactly when the checkpoint holds no separate head
+        tied = "lm_head.weight" not in weight_files
+    if tied:
         return embed, embed
+    if "lm_head.weight" not in weight_files:
+        raise ValueError(f"{path}: config.json says the embeddings are untied, but no safetensors file holds "
+                         "lm_head.weight")
     return embed, _read_tensor(weight_files["lm_head.weight"], "lm_head.weight")
+
+
+def ties_embeddings(target_dir: str | Path) -> bool | None:
+    """Whether the checkpoint's LM head is its embedding, as transformers decides it: `tie_word_embeddings` from
+    config.json, or when the key is absent the default of the model type's config class (False for Llama and
+    Qwen2, True for e.g. Gemma). None when there is no config.json."""
+    path = Path(target_dir)
+    if not (path / "config.json").exists():
+        return None
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return bool(getattr(text, "tie_word_embeddings", getattr(config, "tie_word_embeddings", False)))
 
 
 def _weight_files(path: Path) -> dict[str, Path]:

@@ -50,8 +50,9 @@ def frozen_pass(model: Any, ids: torch.Tensor, layer: int) -> FrozenPass:
     layers = decoder_layers(decoder)
     states = run_layers(decoder, decoder.embed_tokens(ids), layers[:layer], mask, positions, cache)
     final = decoder.norm(run_layers(decoder, states, layers[layer:], mask, positions, cache))
-    keys = [cache.layers[i].keys if i >= layer else None for i in range(len(layers))]
-    values = [cache.layers[i].values if i >= layer else None for i in range(len(layers))]
+    cached: list[Any] = list(cache.layers)  # DynamicLayer: .keys / .values [B, kv_heads, T, D]
+    keys = [cached[i].keys if i >= layer else None for i in range(len(layers))]
+    values = [cached[i].values if i >= layer else None for i in range(len(layers))]
     return FrozenPass(states, keys, values, model.get_output_embeddings()(final).float())
 
 

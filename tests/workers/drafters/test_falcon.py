@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from protocol.errors import ModelMismatchError
@@ -299,3 +301,26 @@ def test_mismatches_and_bad_config_values_are_named(target: LlamaForCausalLM, pr
         drafter.open(prompt, TreeConfig(), None)
     with pytest.raises(ValueError, match="shape"):
         drafter.open(prompt, TreeConfig(), torch.zeros(len(prompt), HIDDEN))
+
+
+@pytest.mark.parametrize("model_type,tied", [("llama", False), ("qwen2", False), ("gemma", True)])
+def test_load_target_head_without_the_key_follows_the_config_class(tmp_path: Path, model_type: str,
+                                                                    tied: bool) -> None:
+    """config.json without `tie_word_embeddings`: the model type's config class default decides, as transformers
+    does (Llama and Qwen2: untied, Gemma: tied), whatever tensors the checkpoint holds."""
+    embed, lm_head = torch.randn(8, 4), torch.randn(8, 4)
+    save_file({"model.embed_tokens.weight": embed, "lm_head.weight": lm_head}, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    got_embed, got_lm_head = load_target_head(tmp_path)
+    assert torch.equal(got_embed, embed)
+    assert torch.equal(got_lm_head, embed if tied else lm_head)
+
+
+def test_load_target_head_refuses_an_untied_config_without_a_head(tmp_path: Path) -> None:
+    save_file({"model.embed_tokens.weight": torch.randn(8, 4)}, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="untied"):
+        load_target_head(tmp_path)
+    (tmp_path / "config.json").unlink()  # no config at all: tied exactly when there is no separate head
+    got_embed, got_lm_head = load_target_head(tmp_path)
+    assert got_lm_head is got_embed

@@ -11,10 +11,10 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[3] / "scripts"
 
 
-@pytest.mark.parametrize("name", ["train_tokenizer", "train_target", "train_drafter", "eval_drafters"])
+@pytest.mark.parametrize("name", ["train_tokenizer", "train_target", "train_drafter", "eval_drafters", "train_hidden"])
 def test_every_flag_is_in_the_docstring_table(name: str) -> None:
     if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))  # the scripts import each other as top-level modules
+        sys.path.insert(0, str(SCRIPTS))  # importable as top-level modules, as `python scripts/x.py` runs them
     module = importlib.import_module(name)
     parser = module.build_parser()
     flags = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
