@@ -96,3 +96,25 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(f"| {row['drafter']} | {row['tree']} | {row['tau']:.2f} | {acc} | "
                      f"{row['num_verifications']} | {row['tokens_per_s']:.1f} | {lossless} |")
     return "\n".join(lines)
+
+
+def engine_evaluate(engine: Any, prompts: Sequence[list[int]], max_new_tokens: int,
+                    reference: Sequence[list[int]] | None = None) -> dict[str, Any]:
+    """Greedy generation through an in-process deployment (runtime.engine.Engine: the coordinator and the
+    workers' own handlers, so the verifier's draft sources run too); stats summed over `prompts`, plus the
+    verifier's counters."""
+    total = SpecStats()
+    num_equal, generated, start = 0, 0, time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        out = engine.generate(prompt, max_new_tokens=max_new_tokens)
+        stats = out.stats
+        _add(total, SpecStats(stats["num_verifications"], stats["num_committed"], list(stats["accepted_per_depth"]),
+                              list(stats["reached_per_depth"])))
+        generated += len(out.token_ids)
+        num_equal += int(reference is not None and out.token_ids == reference[i])
+    result = total.as_dict()
+    verifier = next(h for h in engine.handlers.values() if h.role == "verifier")
+    result.update(num_prompts=len(prompts), num_generated=generated, elapsed_s=time.perf_counter() - start,
+                  lossless=num_equal / len(prompts) if reference is not None else None,
+                  verifier_counters=dict(verifier.counters))
+    return result

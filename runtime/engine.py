@@ -35,13 +35,18 @@ class Engine:
 
     @classmethod
     def from_config(cls, path: str, chat_template: str | None = None) -> Engine:
-        config = TandemConfig.load(path)
+        return cls.build(TandemConfig.load(path), chat_template)
+
+    @classmethod
+    def build(cls, config: TandemConfig, chat_template: str | None = None, calibrate: bool = True) -> Engine:
+        """The deployment `config` describes, in this process (`calibrate=False`: the verifier's cost model
+        stays unmeasured, so it verifies every node its sources offer: timing-free, reproducible τ)."""
         if chat_template is None and config.server is not None:
             chat_template = config.server.chat_template
         model = config.verifier.model
         coordinator = Coordinator(config, builders.load_tokenizer(model), builders.read_reference(model),
                                   builders.read_eos_ids(model))
-        handlers = [builders.build_verifier_worker(config, "verifier-0")]
+        handlers = [builders.build_verifier_worker(config, "verifier-0", calibrate)]
         if config.uses_drafter:
             handlers.append(builders.build_drafter_worker(config, "drafter-0"))
         return cls(coordinator, handlers, chat_template)
