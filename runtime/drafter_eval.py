@@ -19,6 +19,14 @@ from workers.training.dataset import document_ids
 from workers.training.tokens import held_out_prompts
 from workers.tree_policy import TreeConfig
 
+# Cost shapes t(W) (root + W - 1 nodes, one row) for timing-free evaluations: "flat" = rows cost nothing (a GPU
+# below its width); "demo-cpu" = the demo target's measured forward on one CPU thread (models/demo/README.md:
+# 11.0, 13.0, 14.8, 15.7, 17.6, 21.4 ms at 1, 2, 4, 8, 16, 32 positions).
+COST_SHAPES: dict[str, dict[int, float]] = {
+    "flat": {1: 1.0, 2: 1.0},
+    "demo-cpu": {1: 11.0, 2: 13.0, 4: 14.8, 8: 15.7, 16: 17.6, 32: 21.4},
+}
+
 # A static tree in the spirit of Falcon's custom-designed decoding tree: wide near the root, a long
 # rank-0 spine (what a k=2 block predicts best) with a few runners-up along it. 31 nodes, depth 7.
 STATIC_PATHS: tuple[tuple[int, ...], ...] = (
@@ -118,3 +126,11 @@ def engine_evaluate(engine: Any, prompts: Sequence[list[int]], max_new_tokens: i
                   lossless=num_equal / len(prompts) if reference is not None else None,
                   verifier_counters=dict(verifier.counters))
     return result
+
+
+def fix_cost(verifier: Any, shape: str) -> None:
+    """Give the verifier's cost model a fixed shape (COST_SHAPES) instead of measuring it: its choices (nodes,
+    Hidden Transfer slots) then depend on the shape only, never on this machine's timings (online measurements
+    only scale the whole curve, which changes no choice)."""
+    for width, seconds in COST_SHAPES[shape].items():
+        verifier.cost.calibrate(1, width, seconds)

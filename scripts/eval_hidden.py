@@ -10,7 +10,7 @@ output checked against the target's own (the `lossless` column).
 | `--arms` | `off,hidden,falcon,falcon+hidden` | deployments to run |
 | `--mode` | `async` | speculation mode of the arms with a drafter (`async` or `sync`) |
 | `--no-lookup` | off | turn the verifier's own prompt lookup off (`speculation.local_lookup: false`) |
-| `--calibrate` | off | measure the cost model (timing-dependent; off: every node offered is verified) |
+| `--cost` | `demo-cpu` | the cost model's shape: `flat`, `demo-cpu` (fixed, timing-free) or `measure` (calibrated) |
 | `--corpus` | `stdlib` | corpus whose held-out split gives the prompts |
 | `--num-prompts` | 20 | prompts, each from a different held-out document when possible |
 | `--min-prompt-tokens` / `--max-prompt-tokens` | 64 / 128 | prompt length range |
@@ -32,7 +32,7 @@ import torch
 from transformers import AutoTokenizer
 
 from runtime.config import TandemConfig
-from runtime.drafter_eval import engine_evaluate, load_prompts, parse_tree, reference_outputs
+from runtime.drafter_eval import COST_SHAPES, engine_evaluate, fix_cost, load_prompts, parse_tree, reference_outputs
 from runtime.engine import Engine
 from runtime.stopping import StopRules
 from workers.target import TargetVerifier
@@ -41,7 +41,8 @@ ARMS = ("off", "hidden", "falcon", "falcon+hidden")
 
 
 def arm_config(args: argparse.Namespace, arm: str) -> TandemConfig:
-    tree = dataclasses.asdict(parse_tree(args.tree))
+    preset = parse_tree(args.tree)
+    tree = {f.name: getattr(preset, f.name) for f in dataclasses.fields(preset) if f.init}
     verifier: dict[str, Any] = {"model": args.target, "num_threads": args.num_threads}
     if "hidden" in arm:
         verifier["hidden_transfer"] = args.hidden
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated deployments")
     parser.add_argument("--mode", default="async", choices=("async", "sync"), help="mode of the drafter arms")
     parser.add_argument("--no-lookup", action="store_true", help="no verifier prompt lookup")
-    parser.add_argument("--calibrate", action="store_true", help="calibrate the verifier's cost model")
+    parser.add_argument("--cost", default="demo-cpu", choices=(*COST_SHAPES, "measure"),
+                        help="cost model shape (fixed) or 'measure' (calibrated at start-up)")
     parser.add_argument("--corpus", default="stdlib", help="corpus whose held-out split gives the prompts")
     parser.add_argument("--num-prompts", type=int, default=20, help="number of held-out prompts")
     parser.add_argument("--min-prompt-tokens", type=int, default=64, help="shortest prompt")
@@ -87,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     reference = reference_outputs(TargetVerifier.from_pretrained(args.target), prompts, rules)
     rows = []
     for arm in args.arms.split(","):
-        engine = Engine.build(arm_config(args, arm), calibrate=args.calibrate)
+        engine = Engine.build(arm_config(args, arm), calibrate=args.cost == "measure")
+        if args.cost != "measure":
+            fix_cost(engine.handlers[b"verifier-0"], args.cost)
         row = {"arm": arm, **engine_evaluate(engine, prompts, args.max_new_tokens, reference)}
         rows.append(row)
         accepted = ", ".join(f"{a:.2f}" for a in row["acceptance_per_depth"])

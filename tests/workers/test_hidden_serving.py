@@ -37,8 +37,11 @@ def engine(model: Any, mode: str, drafter: str | None, vocab_size: int = 96, **v
     config = TandemConfig.from_dict(data)
     coordinator = Coordinator(config, None, {"vocab_size": vocab_size, "hidden_size": model.config.hidden_size},
                               frozenset({2}))
-    handlers: list[Any] = [VerifierWorker(TargetVerifier(model), "v", max_running=4, hidden=hidden_source(model),
-                                          **verifier)]
+    worker = VerifierWorker(TargetVerifier(model), "v", max_running=4, hidden=hidden_source(model), **verifier)
+    for rows in (1, 2, 4):  # a flat cost shape (rows free, as on a GPU below its width): timing-free choices
+        for width in range(1, worker.cost.max_width + 1):
+            worker.cost.calibrate(rows, width, 1.0)
+    handlers: list[Any] = [worker]
     if drafter is not None:
         handlers.append(DrafterWorker(drafter_of(drafter, model), config.speculation.tree, mode, "d",
                                       vocab_size=vocab_size, hidden_size=model.config.hidden_size))
@@ -82,3 +85,35 @@ def test_verifier_alone_runs_several_requests_in_one_forward() -> None:
     outputs = {i: [t for chunk in s for t in chunk.token_ids] for i, s in streams.items()}
     for i, tokens in outputs.items():
         assert tokens == hf_greedy(model, prompt(10 + 7 * i, i), MAX_NEW)
+
+
+SAMPLING = [(1.2, 0, 0.7), pytest.param(1.0, 0, 1.0, marks=pytest.mark.slow),
+            pytest.param(0.8, 6, 1.0, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", SAMPLING)
+def test_sampled_third_token_follows_the_target_law(temperature: float, top_k: int, top_p: float) -> None:
+    """Sampled with Hidden Transfer alone: the third token (committed by verifications of guess trees) follows
+    the target's exact law (chi-square), and guess trees are verified and accepted along the way."""
+    from tests.runtime.test_sampling_distribution import NUM_SAMPLES, PROMPT, VOCAB, target
+    from tests.stats import chi_square_pvalue
+    from workers.sampling import SamplingParams, target_probs
+
+    model = target()
+    run = engine(model, "async", None, vocab_size=VOCAB, local_lookup=False)
+    counts = torch.zeros(VOCAB)
+    for seed in range(NUM_SAMPLES):
+        out = run.generate(PROMPT, max_new_tokens=3, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                           ignore_eos=True)
+        counts[out.token_ids[2]] += 1
+    params = SamplingParams(temperature, top_p, top_k, seed=0)
+    with torch.no_grad():
+        first = target_probs(model(torch.tensor([PROMPT])).logits[0, -1:], params)[0]  # [V]
+        pairs = torch.tensor([[*PROMPT, a, b] for a in range(VOCAB) for b in range(VOCAB)])
+        logits = model(pairs).logits  # [V*V, 7, V]
+        second = target_probs(logits[::VOCAB, -2], params)  # [V, V]: p(x2 | x1)
+        third = target_probs(logits[:, -1], params).view(VOCAB, VOCAB, VOCAB)  # p(x3 | x1, x2)
+    law = torch.einsum("a,ab,abc->c", first, second, third)
+    assert chi_square_pvalue(counts, law) > 1e-3
+    counters = run.handlers[b"v"].counters
+    assert counters["num_hidden_verifications"] > NUM_SAMPLES // 2 and counters["num_hidden_accepted"] > 0
