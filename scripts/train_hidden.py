@@ -22,6 +22,7 @@ and give the loss, the argmax agreement per offset and the top-1 chain acceptanc
 | `--gen-batch-size` | 32 | prompts per generation batch |
 | `--data-cache` | `<tmp>/tandem_train/<out>-data.pt` | the generated text, reused by runs with the same data flags |
 | `--batch-size` | 8 | samples per step |
+| `--anchors-per-sample` | 0 | train the slots of this many random positions per step (0 = every position) |
 | `--eval-every` | 100 | held-out metrics every N steps (and at the end) |
 | `--save-dtype` | float16 | dtype of the saved maps |
 | `--steps` | 400 | optimizer steps |
@@ -62,8 +63,8 @@ from workers.training.self_text import SelfText, continue_prompts, corpus_prompt
 
 _DATA_KEYS = ("target", "corpus", "num_samples", "eval_samples", "prompt_tokens", "new_tokens", "sample_share",
               "temperature", "seed", "dtype")
-_META_KEYS = (*_DATA_KEYS, "layer", "num_offsets", "batch_size", "lr", "min_lr_ratio", "warmup_steps",
-              "weight_decay", "beta1", "beta2", "grad_clip")
+_META_KEYS = (*_DATA_KEYS, "layer", "num_offsets", "batch_size", "anchors_per_sample", "lr", "min_lr_ratio",
+              "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--gen-batch-size", type=int, default=32, help="prompts per generation batch")
     data.add_argument("--data-cache", default=None, help="file of the generated text (reused when it exists)")
     data.add_argument("--batch-size", type=int, default=8, help="samples per step")
+    data.add_argument("--anchors-per-sample", type=int, default=0, help="slot positions per step (0 = all)")
     data.add_argument("--eval-every", type=int, default=100, help="held-out metrics every N steps")
     data.add_argument("--save-dtype", default="float16", choices=sorted(SAVE_DTYPES))
     cli.add_common_args(parser, OptimConfig(num_steps=400, lr=2e-3, warmup_steps=20, weight_decay=0.0))
@@ -137,8 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     hooks = LoopHooks(checkpoint=ckpt, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
                       evaluate=lambda: held_out_metrics(model, maps, eval_text, args.batch_size, precision),
                       log_every=args.log_every, meta=meta)
-    state = train(maps, optimizer, make_step_fn(model, maps, train_text, args.batch_size, args.seed, precision),
-                  optim, state, hooks)
+    step_fn = make_step_fn(model, maps, train_text, args.batch_size, args.seed, precision, args.anchors_per_sample)
+    state = train(maps, optimizer, step_fn, optim, state, hooks)
     maps.save(args.out, SAVE_DTYPES[args.save_dtype])
     evals = [h for h in state.history if "eval_loss" in h]
     report = {"config": config.__dict__, "parameters": sum(p.numel() for p in maps.parameters()),

@@ -85,10 +85,11 @@ def pseudo_plan(rows: Sequence[Row], starts: Sequence[int], anchors: Sequence[Se
     return PseudoPlan(anchor_ids, tuple(len(a) for a in anchors), positions, mask)
 
 
-def training_mask(length: int, num_offsets: int) -> torch.Tensor:
-    """[T*k, T + T*k] bool for training on a window of T real tokens: slot (t, j), at row t*k + j, sees real
-    positions <= t and slots (t, 0..j), as in the verification forward (its keys: T real, then T*k slots)."""
-    rows = torch.arange(length * num_offsets)
-    anchor = rows // num_offsets
-    real = torch.arange(length)[None, :] <= anchor[:, None]  # [T*k, T]
-    return torch.cat([real, slot_pattern(length, num_offsets)], dim=1)
+def training_mask(length: int, num_offsets: int, anchors: torch.Tensor | None = None) -> torch.Tensor:
+    """[A*k, T + A*k] bool for training on a window of T real tokens with slots at the anchor positions
+    (default: all T): slot (a, j), at row a*k + j, sees real positions <= anchors[a] and slots (a, 0..j), as
+    in the verification forward (its keys: T real, then A*k slots)."""
+    anchors = torch.arange(length) if anchors is None else anchors
+    anchor = anchors.repeat_interleave(num_offsets)  # [A*k]
+    real = torch.arange(length, device=anchor.device)[None, :] <= anchor[:, None]  # [A*k, T]
+    return torch.cat([real, slot_pattern(anchors.numel(), num_offsets).to(anchor.device)], dim=1)

@@ -64,53 +64,60 @@ class HiddenLoss:
     num_counted: list[int]
 
 
-def hidden_loss(model: Any, maps: TransferMaps, ids: torch.Tensor, weights: torch.Tensor) -> HiddenLoss:
-    """Loss of one batch: ids [B, T]; weights [B, T] bool (position i's prediction is the target's own text)."""
+def hidden_loss(model: Any, maps: TransferMaps, ids: torch.Tensor, weights: torch.Tensor,
+                anchors: torch.Tensor | None = None) -> HiddenLoss:
+    """Loss of one batch: ids [B, T]; weights [B, T] bool (position i's prediction is the target's own text);
+    slots at the positions `anchors` [A] (ascending; default every position)."""
     layer, k = maps.config.layer, maps.config.num_offsets
     frozen = frozen_pass(model, ids, layer)
     decoder = model.get_decoder()
     batch, length, _ = frozen.states.shape
-    pseudo = maps(frozen.states.float()).flatten(1, 2).to(frozen.states.dtype)  # [B, T*k, H]
+    anchors = torch.arange(length, device=ids.device) if anchors is None else anchors.to(ids.device)
+    num = anchors.numel()
+    pseudo = maps(frozen.states[:, anchors].float()).flatten(1, 2).to(frozen.states.dtype)  # [B, A*k, H]
     dtype = pseudo.dtype
-    visible = training_mask(length, k).to(ids.device)
+    visible = training_mask(length, k, anchors)
     mask = torch.zeros(visible.shape, dtype=dtype, device=ids.device).masked_fill(~visible, torch.finfo(dtype).min)
-    slots = torch.arange(length * k, device=ids.device)
-    positions = (slots // k + 1 + slots % k)[None].expand(batch, -1)
+    stands_for = anchors[:, None] + 1 + torch.arange(k, device=ids.device)[None, :]  # [A, k] positions
     out = run_layers(decoder, pseudo, decoder_layers(decoder)[layer:], mask[None, None].expand(batch, 1, -1, -1),
-                     positions, PrefixKV(frozen.keys, frozen.values))  # type: ignore[arg-type]
-    logits = model.get_output_embeddings()(decoder.norm(out)).float().unflatten(1, (length, k))  # [B, T, k, V]
+                     stands_for.flatten()[None].expand(batch, -1), PrefixKV(frozen.keys, frozen.values))  # type: ignore[arg-type]
+    logits = model.get_output_embeddings()(decoder.norm(out)).float().unflatten(1, (num, k))  # [B, A, k, V]
+    inside = stands_for < length  # [A, k]: the position a slot stands for is in the window
+    index = stands_for.clamp(max=length - 1)
     total, count = logits.new_zeros(()), 0
     agreement, chain, counted = [], [], []
-    chained = torch.ones(batch, length, dtype=torch.bool, device=ids.device)
+    chained = torch.ones(batch, num, dtype=torch.bool, device=ids.device)
     for j in range(k):
-        span = length - 1 - j  # anchors t = 0 .. T - 2 - j have a position t + 1 + j in the window
-        if span <= 0:
-            break
-        target = frozen.logits[:, 1 + j:]  # [B, span, V]
-        guess = logits[:, :span, j]
-        keep = weights[:, 1 + j:]
-        log_probs = torch.log_softmax(guess, dim=-1)
-        cross = -(torch.softmax(target, dim=-1) * log_probs).sum(-1)  # [B, span]
+        target = frozen.logits[:, index[:, j]]  # [B, A, V]: the target's distribution where slot j stands
+        guess = logits[:, :, j]
+        keep = weights[:, index[:, j]] & inside[None, :, j]
+        cross = -(torch.softmax(target, dim=-1) * torch.log_softmax(guess, dim=-1)).sum(-1)  # [B, A]
         total = total + (cross * keep).sum()
-        count += int(keep.sum())
         right = guess.argmax(-1) == target.argmax(-1)
-        chained[:, :span] &= right
-        chained[:, span:] = False
-        num = int(keep.sum())
-        agreement.append(float((right & keep).sum()) / max(num, 1))
-        chain.append(float((chained[:, :span] & keep).sum()) / max(num, 1))
-        counted.append(num)
+        chained &= right
+        kept = int(keep.sum())
+        count += kept
+        agreement.append(float((right & keep).sum()) / max(kept, 1))
+        chain.append(float((chained & keep).sum()) / max(kept, 1))
+        counted.append(kept)
     return HiddenLoss(total / max(count, 1), agreement, chain, counted)
 
 
 def make_step_fn(model: Any, maps: TransferMaps, data: SelfText, batch_size: int, seed: int,
-                 precision: Precision) -> Callable[[int], StepOutput]:
-    """The loop's step: `batch_size` samples drawn per (seed, step), so a resumed run sees the same data."""
+                 precision: Precision, num_anchors: int = 0) -> Callable[[int], StepOutput]:
+    """The loop's step: `batch_size` samples drawn per (seed, step), so a resumed run sees the same data; slots
+    at `num_anchors` random positions among those any sample of the batch trains on (0 = every position)."""
 
     def step_fn(step: int) -> StepOutput:
-        index = torch.randint(0, data.ids.shape[0], (batch_size,), generator=step_generator(seed, step))
+        generator = step_generator(seed, step)
+        index = torch.randint(0, data.ids.shape[0], (batch_size,), generator=generator)
         ids, weights = data.ids[index].to(precision.device), data.weights[index].to(precision.device)
-        out = hidden_loss(model, maps, ids, weights)
+        anchors = None
+        if num_anchors:
+            useful = torch.nonzero(data.weights[index].any(0)).flatten()  # slot t stands for t + 1 ..: close enough
+            pick = torch.randperm(useful.numel(), generator=generator)[:num_anchors]
+            anchors = torch.sort((useful[pick] - 1).clamp(min=0)).values
+        out = hidden_loss(model, maps, ids, weights, anchors)
         metrics = {f"agree_o{j}": a for j, a in enumerate(out.agreement)}
         return StepOutput(out.loss, int(weights.sum()), metrics)
     return step_fn
