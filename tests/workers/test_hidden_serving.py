@@ -117,3 +117,11 @@ def test_sampled_third_token_follows_the_target_law(temperature: float, top_k: i
     assert chi_square_pvalue(counts, law) > 1e-3
     counters = run.handlers[b"v"].counters
     assert counters["num_hidden_verifications"] > NUM_SAMPLES // 2 and counters["num_hidden_accepted"] > 0
+
+
+def test_shipped_config_loads_without_a_drafter() -> None:
+    from runtime.config import REPO_ROOT
+
+    config = TandemConfig.load(REPO_ROOT / "configs" / "hidden.yaml")
+    assert config.drafter is None and not config.uses_drafter
+    assert config.verifier.hidden_transfer == str(REPO_ROOT / "models" / "demo" / "hidden")  # made absolute
