@@ -152,5 +152,9 @@ class HiddenSource:
             out.append(state.anchors)
         return out
 
+    def width_of(self, anchors: Sequence[tuple[int, ...]]) -> int:
+        """Real-row columns a forward with these anchors costs beyond its tree (slots pass only the upper layers)."""
+        return round(max((len(a) for a in anchors), default=0) * self.num_offsets * self.layer_share)
+
     def tree(self, guesses: torch.Tensor, max_nodes: int) -> DraftTree:
         return tree_from_guesses(guesses, max_nodes)

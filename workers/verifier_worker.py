@@ -344,7 +344,8 @@ class VerifierWorker:
             log.warning("batched verification of %d requests failed (%s): verifying them one by one",
                         len(jobs), err)
             return [reply for r in request_ids for reply in self._verify_step([r])]
-        self.cost.observe(len(jobs), width, context, forward_s)
+        slots = self.hidden.width_of(anchors) if self.hidden is not None else 0  # what the slots cost, in rows
+        self.cost.observe(len(jobs), width + slots, context, forward_s)
         self.counters["num_batches"] += 1
         with tracer.span("learn", rows=len(jobs)):
             share = (time.perf_counter() - start) / len(jobs)
