@@ -4,7 +4,7 @@
 # those used for the shipped checkpoints (models/demo/README.md). About 4 hours on 2 CPU cores.
 # Training checkpoints go to $CKPT_DIR; rerunning with RESUME=1 continues interrupted trainings (the
 # target can be trained in pieces across sessions this way). STAGES picks what runs, in this order:
-#   tokenizer target unlikelihood draft falcon ablation eval
+#   tokenizer target unlikelihood draft falcon ablation hidden eval
 #   (default: all but ablation; WITH_ABLATION=1 adds it)
 # The pre-trained target stays in $CKPT_DIR/target-mle; the shipped one is its fine-tuned version.
 set -euo pipefail
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-models/demo}
 CKPT_DIR=${CKPT_DIR:-/tmp/tandem_build}
 RESUME_FLAG=$([[ "${RESUME:-0}" == 1 ]] && echo --resume || true)
-STAGES=${STAGES:-"tokenizer target unlikelihood draft falcon $([[ "${WITH_ABLATION:-0}" == 1 ]] && echo ablation) eval"}
+STAGES=${STAGES:-"tokenizer target unlikelihood draft falcon $([[ "${WITH_ABLATION:-0}" == 1 ]] && echo ablation) hidden eval"}
 mkdir -p "$OUT" "$CKPT_DIR"
 stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
@@ -70,6 +70,15 @@ if stage ablation; then
         --checkpoint "$CKPT_DIR/falcon-noglance.pt" $RESUME_FLAG
 fi
 
+if stage hidden; then
+# Hidden Transfer maps: layer 10, k = 2, chosen by the sweep in models/demo/README.md ("Hidden Transfer")
+python scripts/train_hidden.py --target "$OUT/target" --corpus stdlib --out "$OUT/hidden" --layer 10 --num-offsets 2 \
+    --num-samples 1536 --eval-samples 64 --prompt-tokens 64 --new-tokens 192 --gen-batch-size 64 \
+    --batch-size 8 --anchors-per-sample 96 --steps 600 --lr 1e-2 --warmup-steps 20 --eval-every 200 --seed 0 \
+    --save-dtype float16 --checkpoint "$CKPT_DIR/hidden.pt" --data-cache "$CKPT_DIR/hidden-data.pt" \
+    --checkpoint-every 50 $RESUME_FLAG
+fi
+
 if stage eval; then
 EVAL_FLAGS=(--target "$OUT/target" --corpus stdlib --num-prompts 20 --min-prompt-tokens 64 --max-prompt-tokens 128
     --max-new-tokens 64 --trees default,static,wide --seed 0)
@@ -82,4 +91,6 @@ if [[ -d "$CKPT_DIR/falcon-noglance" ]]; then  # the ablation: both arms at 800 
 fi
 python scripts/eval_target.py --target "$OUT/target" --falcon "$OUT/falcon" --draft "$OUT/draft" \
     --json "$OUT/quality.json"
+python scripts/eval_hidden.py --target "$OUT/target" --hidden "$OUT/hidden" --falcon "$OUT/falcon" \
+    --corpus stdlib --num-prompts 20 --max-new-tokens 64 --seed 0 --json "$OUT/eval_hidden.json"
 fi
