@@ -118,6 +118,8 @@ def engine_evaluate(engine: Any, prompts: Sequence[list[int]], max_new_tokens: i
         stats = out.stats
         _add(total, SpecStats(stats["num_verifications"], stats["num_committed"], list(stats["accepted_per_depth"]),
                               list(stats["reached_per_depth"])))
+        total.num_draft_tokens += stats["num_draft_tokens"]
+        total.num_reroot_hits += stats["num_reroot_hits"]
         generated += len(out.token_ids)
         num_equal += int(reference is not None and out.token_ids == reference[i])
     result = total.as_dict()

@@ -91,6 +91,11 @@ if [[ -d "$CKPT_DIR/falcon-noglance" ]]; then  # the ablation: both arms at 800 
 fi
 python scripts/eval_target.py --target "$OUT/target" --falcon "$OUT/falcon" --draft "$OUT/draft" \
     --json "$OUT/quality.json"
-python scripts/eval_hidden.py --target "$OUT/target" --hidden "$OUT/hidden" --falcon "$OUT/falcon" \
-    --corpus stdlib --num-prompts 20 --max-new-tokens 64 --seed 0 --json "$OUT/eval_hidden.json"
+HIDDEN_FLAGS=(--target "$OUT/target" --hidden "$OUT/hidden" --falcon "$OUT/falcon" --corpus stdlib --num-prompts 20
+    --max-new-tokens 64 --seed 0)
+python scripts/eval_hidden.py "${HIDDEN_FLAGS[@]}" --json "$CKPT_DIR/eval_hidden_async.json"
+python scripts/eval_hidden.py "${HIDDEN_FLAGS[@]}" --arms falcon,falcon+hidden --mode sync --json "$CKPT_DIR/eval_hidden_sync.json"
+python scripts/eval_hidden.py "${HIDDEN_FLAGS[@]}" --arms hidden --no-lookup --cost flat --json "$CKPT_DIR/eval_hidden_pure.json"
+python -c 'import json, sys; json.dump({"runs": [json.load(open(f)) for f in sys.argv[2:]]}, open(sys.argv[1], "w"), indent=2)' \
+    "$OUT/eval_hidden.json" "$CKPT_DIR"/eval_hidden_{async,sync,pure}.json
 fi
