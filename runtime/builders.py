@@ -53,7 +53,7 @@ def load_tokenizer(model_dir: str) -> Any:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def build_verifier_worker(config: TandemConfig, worker_id: str) -> Any:
+def build_verifier_worker(config: TandemConfig, worker_id: str, calibrate: bool = True) -> Any:
     from workers.target import TargetVerifier
     from workers.verifier_worker import VerifierWorker, tokenizer_hash
 
@@ -68,7 +68,7 @@ def build_verifier_worker(config: TandemConfig, worker_id: str) -> Any:
                             max_running=limits.max_running_per_verifier, max_batch=section.max_batch,
                             max_length=max_length, prefill_chunk=section.prefill_chunk,
                             compile_backend="inductor" if section.compile else None)
-    if speculation.mode != "off":
+    if speculation.mode != "off" and calibrate:
         worker.calibrate()  # t(n) for the cost model; refined online
     return worker
 

@@ -53,8 +53,11 @@ class VerifierRequest:
     want_features: bool
     max_length: int
     stop_token_ids: frozenset[int]
-    tree: DraftTree = field(default_factory=DraftTree.empty)  # rooted at committed[-1]
-    tree_source: str = "drafter"  # who made the held tree: the drafter, or the verifier's own lookup
+    tree: DraftTree = field(default_factory=DraftTree.empty)  # the drafter's newest tree, rooted at committed[-1]
+    # what the last verification drew its nodes from (the drafter's tree or the verifier's own lookup),
+    # whose verdicts teach the acceptance estimates; the drafter's tree stays held either way
+    chosen: DraftTree = field(default_factory=DraftTree.empty)
+    chosen_source: str = "drafter"
     pending: Draft | None = None  # the newest draft not looked at yet (decoded only when a verification starts)
     is_fresh: bool = False
     is_stopped: bool = False
@@ -111,7 +114,7 @@ class VerifierRequest:
         if rerooted is None:
             self.num_drafts_dropped += 1
             return False
-        self.tree, self.tree_source = rerooted, "drafter"
+        self.tree = rerooted
         self.is_fresh = self.is_fresh or epoch == self.epoch
         return True
 

@@ -350,7 +350,7 @@ class VerifierWorker:
                compute_s: float) -> Committed:
         epoch, tree = request.epoch, job.tree
         tokens = [*tree.token_ids[verdict.path].tolist(), verdict.bonus]
-        self._learn(request, tree, tokens, (request.params.is_greedy, request.tree_source))
+        self._learn(request, tree, tokens, (request.params.is_greedy, request.chosen_source))
         is_hit = request.commit(tokens)
         features = committed_features(verdict.hidden, verdict.path) if request.want_features else None
         self.counters["num_verifications"] += 1
@@ -365,7 +365,7 @@ class VerifierWorker:
         verification of no node teaches the estimates about depth 1. Verified nodes deeper than that
         were rejected (an ancestor was). Deeper unverified nodes are unknown and left out.
         """
-        held = request.tree
+        held = request.chosen
         if held.num_nodes == 0:
             return
         on_path = torch.zeros(held.num_nodes, dtype=torch.bool)
@@ -417,7 +417,7 @@ class VerifierWorker:
         room = self.target.max_positions - request.epoch  # the deepest node must stay inside the model's context
         found = []
         if request.tree.num_nodes:
-            found.append(self._candidate(request, request.tree, request.tree_source, room))
+            found.append(self._candidate(request, request.tree, "drafter", room))
         if self.local_lookup:  # a fresh lookup, also when the held tree is an older (used-up) lookup
             lookup = self._look_up(request)
             if lookup is not None:
@@ -435,9 +435,10 @@ class VerifierWorker:
         """The request verifies `num` best nodes of `candidate`, which it now holds (None: no node)."""
         if candidate is None:
             request.verified_index = torch.zeros(0, dtype=torch.long)
+            request.chosen = DraftTree.empty()
             return DraftTree.empty()
         num = min(num, len(candidate.order))
-        request.tree, request.tree_source = candidate.tree, candidate.source
+        request.chosen, request.chosen_source = candidate.tree, candidate.source
         request.verified_index = candidate.order[:num]
         if num == 0:
             request.num_empty_choices += 1
