@@ -206,6 +206,7 @@ class Committed(Message):
     compute_s: float = 0.0  # verifier time spent on this result
     num_nodes: int = 0  # draft nodes verified
     reroot_hit: bool = False  # the tree the verifier held spelled every token committed here
+    off_top: bool = False  # speculation.target_candidates: a candidate other than the target's choice was taken
 
 
 @dataclass(frozen=True)

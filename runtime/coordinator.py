@@ -194,7 +194,7 @@ class Coordinator:
         kept, delta = request.apply(message.token_ids)
         if not was_prefill:
             record = (len(message.token_ids) - 1, message.tree_depth, len(kept), message.num_nodes,
-                      message.reroot_hit)
+                      message.reroot_hit, message.off_top)
             request.stats.record(*record)
             self.metrics.spec.record(*record)
         self.metrics.num_generated += len(kept)

@@ -79,7 +79,8 @@ class VerifierWorker:
     def __init__(self, target: TargetVerifier, worker_id: str, tokenizer_hash: str = "", model_name: str = "",
                  acceptance: str = "calibrated", max_tree_nodes: int = 64, local_lookup: bool = True,
                  max_running: int = 32, max_batch: int | None = None, max_length: int | None = None,
-                 prefill_chunk: int = 256, compile_backend: str | Callable[..., Any] | None = None) -> None:
+                 prefill_chunk: int = 256, compile_backend: str | Callable[..., Any] | None = None,
+                 target_candidates: int = 0) -> None:
         self.target = target
         self.worker_id = worker_id
         self.tokenizer_hash = tokenizer_hash
@@ -88,6 +89,7 @@ class VerifierWorker:
         self.max_tree_nodes = max_tree_nodes
         self.max_batch = max(1, min(max_batch or max_running, max_running))
         self.prefill_chunk = prefill_chunk
+        self.target_candidates = target_candidates  # MCSD's candidate roots (lossy); 0 = exact
         # a slot holds `capacity` committed tokens plus scratch for root + the largest tree
         self.capacity = min(max_length or target.max_positions, target.max_positions)
         width = max_tree_nodes + 1  # root + the largest tree
@@ -323,7 +325,7 @@ class VerifierWorker:
         start = time.perf_counter()
         with tracer.span("choose", rows=len(requests)):
             trees = self._choose_batch(requests)
-        jobs = [VerifyJob(r.slot, r.epoch - 1, r.committed[-1], tree, r.params)
+        jobs = [VerifyJob(r.slot, r.epoch - 1, r.committed[-1], tree, r.params, self.target_candidates)
                 for r, tree in zip(requests, trees, strict=True)]
         width = 1 + max(tree.num_nodes for tree in trees)
         context = max(r.epoch for r in requests)
@@ -355,7 +357,8 @@ class VerifierWorker:
         features = committed_features(verdict.hidden, verdict.path) if request.want_features else None
         self.counters["num_verifications"] += 1
         self.counters["num_nodes_verified"] += tree.num_nodes
-        return self._committed(request_id, epoch, tokens, tree.max_depth, tree.num_nodes, features, compute_s, is_hit)
+        return self._committed(request_id, epoch, tokens, tree.max_depth, tree.num_nodes, features, compute_s, is_hit,
+                               verdict.off_top)
 
     def _learn(self, request: VerifierRequest, verified: DraftTree, tokens: list[int], key: tuple[bool, str]) -> None:
         """Feed the acceptance estimates every verdict this verification settled, verified or not.
@@ -456,10 +459,11 @@ class VerifierWorker:
         return trie_from_rows(rows)
 
     def _committed(self, request_id: str, epoch: int, tokens: list[int], depth: int, num_nodes: int,
-                   features: torch.Tensor | None, compute_s: float, is_hit: bool = False) -> Committed:
+                   features: torch.Tensor | None, compute_s: float, is_hit: bool = False,
+                   off_top: bool = False) -> Committed:
         self.compute_s += compute_s
         blob = to_blob(features.float()) if features is not None else None
-        return Committed(request_id, epoch, tokens, depth, blob, compute_s, num_nodes, is_hit)
+        return Committed(request_id, epoch, tokens, depth, blob, compute_s, num_nodes, is_hit, off_top)
 
 
 def fingerprint(vocab_size: int, hidden_size: int, tokenizer_hash: str, model_name: str) -> dict[str, Any]:
