@@ -37,11 +37,14 @@ class RuntimeMetrics:
         hits = sum(s.get("num_reroot_hits", 0) for s in drafters)
         commits = sum(s.get("num_commits", 0) for s in drafters)
         steps = sum(s.get("num_grow_steps", 0) for s in drafters)
+        drafter_s = sum(s.get("compute_s", 0.0) for s in drafters)
         return {
             **{k: v for k, v in self.spec.as_dict().items() if k != "elapsed_s"},
             "tokens_per_s": self.num_generated / wall,
             "verifier_busy_fraction": min(self.verifier_compute_s / wall, 1.0),
-            "drafter_busy_fraction": min(sum(s.get("compute_s", 0.0) for s in drafters) / wall, 1.0),
+            "drafter_busy_fraction": min(drafter_s / wall, 1.0),
+            # the share of time the drafters had nothing to grow (their trees full, or no request)
+            "drafter_idle_fraction": (max(1.0 - drafter_s / (wall * len(drafters)), 0.0) if drafters else None),
             "drafter_reroot_hit_rate": hits / commits if commits else 0.0,
             "drafter_steps": steps,
             "drafter_steps_per_verification": steps / max(self.spec.num_verifications, 1),
