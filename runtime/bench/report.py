@@ -41,7 +41,7 @@ def table_row(row: dict[str, Any]) -> str:
     else:
         steps_text = fmt(steps)
     rss = "+".join(f"{v:.0f}" for v in row["peak_rss_mb"].values()) or "—"
-    lossless = {True: "yes", False: "**no**", None: "—"}[row["lossless"]]
+    lossless = "lossy" if row.get("lossy") else {True: "yes", False: "**no**", None: "—"}[row["lossless"]]
     cells = [row["method"], placement_text(row["placement"]), fmt(row["tokens_per_s"], "{:.1f}"),
              f"{fmt(lat['p50'], '{:.1f}')} ({fmt(lat['p90'], '{:.1f}')})",
              fmt(row["speedup_vs_generate"], suffix="x"), fmt(row["speedup_vs_generate_1core"], suffix="x"),
