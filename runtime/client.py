@@ -92,11 +92,12 @@ class Client:
         request_id = _new_id()
         fields = GenerationParams.of(params, overrides).message_fields(prompt_or_ids)
         self._send(Generate(request_id, **fields))
-        is_done = False
+        num_open, is_done = max(fields["n"], 1), False  # samples not finished yet
         try:
             while True:
                 chunk = _expect(self._receive_for(request_id), Chunk)
-                is_done = chunk.finish_reason is not None
+                num_open -= chunk.finish_reason is not None
+                is_done = num_open == 0
                 yield chunk
                 if is_done:
                     return
@@ -191,12 +192,13 @@ class AsyncClient:
         request_id = _new_id()
         fields = GenerationParams.of(params, overrides).message_fields(prompt_or_ids)
         queue = self._open(request_id)
-        is_done = False
+        num_open, is_done = max(fields["n"], 1), False  # samples not finished yet
         try:
             await self._send(Generate(request_id, **fields))
             while not is_done:
                 chunk = _expect(await self._next(queue), Chunk)
-                is_done = chunk.finish_reason is not None
+                num_open -= chunk.finish_reason is not None
+                is_done = num_open == 0
                 yield chunk
         finally:
             self._queues.pop(request_id, None)
