@@ -132,11 +132,10 @@ class Coordinator:
             self._to_client(client, Error(message.request_id, "bad_request",
                                           f"request_id {message.request_id!r} is already in use", "request_id"))
             return
-        num_queued = sum(r.phase is Phase.QUEUED for r in self.requests.values())
-        if num_queued + max(message.n, 1) > self.limits.max_queued_requests:  # n samples are n requests
+        queued = {r.client_request_id for r in self.requests.values() if r.phase is Phase.QUEUED}
+        if len(queued) >= self.limits.max_queued_requests:  # a request of n samples counts once
             self._to_client(client, Error(message.request_id, "overloaded",
-                                          f"{num_queued} requests queued; limits.max_queued_requests="
-                                          f"{self.limits.max_queued_requests}"))
+                                          f"{self.limits.max_queued_requests} requests already queued"))
             return
         try:
             samples = build_requests(message, client, self.tokenizer, int(self.reference["vocab_size"]),

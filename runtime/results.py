@@ -6,8 +6,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from protocol.logprobs import Logprobs
-
 from protocol.errors import (
     ModelMismatchError,
     OverloadedError,
@@ -15,6 +13,7 @@ from protocol.errors import (
     RequestTimeoutError,
     TandemError,
 )
+from protocol.logprobs import Logprobs
 from protocol.messages import Chunk, Error
 
 
