@@ -44,14 +44,14 @@ def build(num_choice: int, num_complete: int, seed: int) -> tuple[list[dict[str,
     every = [(d.name, pair) for d in sorted(docs, key=lambda d: d.name) for pair in candidates(d.text)]
     picked = rng.sample(every, num_choice + num_complete)
     pool = [(name, line.strip()) for name, (_, line) in every]
-    choice_docs = []
+    choice_docs: list[dict[str, object]] = []
     for name, (context, line) in picked[:num_choice]:
         indent = line[: len(line) - len(line.lstrip())]
         wrong = [indent + body for other, body in rng.sample(pool, 12) if other != name and body != line.strip()][:3]
         choices = [line, *wrong]
         rng.shuffle(choices)
         choice_docs.append({"id": name, "context": context, "choices": choices, "label": choices.index(line)})
-    complete_docs = []
+    complete_docs: list[dict[str, object]] = []
     for name, (context, line) in picked[num_choice:]:
         cut = _word_end(line, len(line) - len(line.lstrip()) + len(line.strip()) // 3)
         complete_docs.append({"id": name, "context": context + line[:cut], "target": line[cut:]})
