@@ -38,6 +38,7 @@ class RuntimeMetrics:
         commits = sum(s.get("num_commits", 0) for s in drafters)
         steps = sum(s.get("num_grow_steps", 0) for s in drafters)
         drafter_s = sum(s.get("compute_s", 0.0) for s in drafters)
+        verifiers = [s for s in self.worker_stats.values() if s.get("role") == "verifier"]
         return {
             **{k: v for k, v in self.spec.as_dict().items() if k != "elapsed_s"},
             "tokens_per_s": self.num_generated / wall,
@@ -52,6 +53,7 @@ class RuntimeMetrics:
             "verifier_busy_s": self.verifier_compute_s,
             "num_drafter_reroot_hits": hits,
             "num_drafter_commits": commits,
+            "num_prefixes_shared": sum(s.get("num_prefixes_shared", 0) for s in verifiers),  # n > 1 samples
             "num_finished": self.num_finished,
             "num_errors": self.num_errors,
             "num_generated": self.num_generated,

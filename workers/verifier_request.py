@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from protocol.drafts import MAX_TREE_NODES
+from protocol.logprobs import Logprobs
 from protocol.messages import Draft
 from protocol.params import SamplingParams
 from workers.lookup_index import LookupIndex
@@ -33,6 +34,9 @@ class PrefillProgress:
     done: int = 0  # tokens cached so far
     features: list[torch.Tensor] = field(default_factory=list)  # per chunk, when the drafter reads them
     compute_s: float = 0.0
+    num_prompt_logprobs: int | None = None  # the prompt's log-probabilities are wanted (N alternatives)
+    prompt_logprobs: list[Logprobs] = field(default_factory=list)  # per chunk
+    donor: str = ""  # a sibling with the same prompt, still prefilling: wait, then copy its cache
 
     @property
     def remaining(self) -> int:
@@ -66,6 +70,7 @@ class VerifierRequest:
     prefill: PrefillProgress | None = None  # chunks still to cache; not runnable until done
     verified_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # last choice
     lookup: LookupIndex | None = None  # n-grams of `committed` for the verifier's prompt lookup (built lazily)
+    num_logprobs: int | None = None  # send each committed token's log-probability and N alternatives
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from protocol.errors import ProtocolError, RequestError
+from protocol.logprobs import Logprobs
 from protocol.messages import (
     PROTOCOL_VERSION,
     Committed,
@@ -40,6 +41,7 @@ from workers.batch_verify import Verdict, VerifyJob, prefill_batch, verify_batch
 from workers.compiled_forward import CompiledForward, bucket
 from workers.cost_model import best_first_order, choose_width, expected_by_width, make_acceptance
 from workers.drafters.ngram import trie_from_rows
+from workers.logprobs import committed_rows, prompt_logprobs, token_logprobs
 from workers.lookup_index import LookupIndex
 from workers.sampling import choose_tokens
 from workers.slot_cache import CacheFullError, SlotCache
@@ -109,7 +111,7 @@ class VerifierWorker:
         self.compute_s = 0.0
         self.counters = {"num_verifications": 0, "num_drafts": 0, "num_drafts_dropped": 0, "num_nodes_verified": 0,
                          "num_drafts_malformed": 0, "num_lookups": 0, "num_batches": 0, "num_prefill_chunks": 0,
-                         "num_failed": 0}
+                         "num_failed": 0, "num_prefixes_shared": 0}
         self._order: list[str] = []  # round-robin order of request ids
         self._prefill_turn = True  # prefill chunks and verifications alternate while both are due
 
@@ -203,14 +205,50 @@ class VerifierWorker:
                                   min(message.max_tree_nodes, self.max_tree_nodes), message.mode,
                                   message.want_features, max_length, frozenset(message.stop_token_ids))
         request.is_fresh = not message.sample_next  # a resync: no draft is owed, so sync mode steps once alone
+        request.num_logprobs = message.num_logprobs
         cached = message.token_ids if message.sample_next else message.token_ids[:-1]
-        request.prefill = PrefillProgress(list(cached), message.epoch, message.sample_next)
+        request.prefill = PrefillProgress(list(cached), message.epoch, message.sample_next,
+                                          num_prompt_logprobs=message.num_prompt_logprobs)
+        request.prefill.donor = self._donor(message, request)
         self.requests[message.request_id] = request
         if message.request_id not in self._order:
             self._order.append(message.request_id)
         if not cached:  # a one-token resync: nothing to cache
             return [self._prefilled(message.request_id, request)]
         return []
+
+    def _donor(self, message: Prefill, request: VerifierRequest) -> str:
+        """The sibling whose prompt this new request will copy once cached, or '' (prefill alone)."""
+        donor = self.requests.get(message.prefix_from) if message.prefix_from else None
+        if donor is None or donor.prefill is None or not message.sample_next \
+                or donor.prefill.token_ids != message.token_ids or donor.want_features != request.want_features:
+            return ""
+        return message.prefix_from
+
+    def _share_prompt(self, donor_id: str, donor: VerifierRequest, progress: PrefillProgress) -> None:
+        """The donor's prompt is cached: every sibling waiting for it copies all but its last position
+        (that one runs as the sibling's own one-token chunk, giving the state its first token is drawn from)."""
+        for request in self.requests.values():
+            waiting = request.prefill
+            if waiting is None or waiting.donor != donor_id:
+                continue
+            waiting.donor = ""
+            num = len(waiting.token_ids) - 1
+            if waiting.done or num <= 0:
+                continue
+            self.cache.copy_prefix(donor.slot, request.slot, num)
+            waiting.done = num
+            if request.want_features:
+                waiting.features = [torch.cat(progress.features)[:num]]
+            self.counters["num_prefixes_shared"] += 1
+
+    def _waits(self, progress: PrefillProgress) -> bool:
+        """A sibling waits while its donor is still prefilling; a donor gone or failed: it prefills alone."""
+        donor = self.requests.get(progress.donor) if progress.donor else None
+        if donor is None or donor.prefill is None:
+            progress.donor = ""
+            return False
+        return True
 
     def _offer(self, message: Draft) -> None:
         request = self.requests.get(message.request_id)
@@ -265,12 +303,16 @@ class VerifierWorker:
         for request_id in request_ids:
             progress = self.requests[request_id].prefill
             assert progress is not None
+            if self._waits(progress):
+                continue
             take = min(progress.remaining, budget)
             if take <= 0:
                 break
             rows.append((request_id, progress, take))
             budget -= take
         replies: list[Message] = []
+        if not rows:
+            return replies
         try:
             with tracer.span("prefill", rows=len(rows), tokens=self.prefill_chunk - budget):
                 hidden = prefill_batch(self.target, self.cache, [self.requests[r].slot for r, _, _ in rows],
@@ -283,6 +325,9 @@ class VerifierWorker:
         self.counters["num_prefill_chunks"] += 1
         elapsed = (time.perf_counter() - start) / len(rows)
         for (request_id, progress, take), states in zip(rows, hidden, strict=True):
+            if progress.num_prompt_logprobs is not None:
+                progress.prompt_logprobs.append(prompt_logprobs(self.target.logits(states), progress.token_ids,
+                                                                progress.done, progress.num_prompt_logprobs))
             progress.done += take
             progress.compute_s += elapsed
             request = self.requests[request_id]
@@ -297,14 +342,20 @@ class VerifierWorker:
         progress = request.prefill
         assert progress is not None
         request.prefill = None
+        self._share_prompt(request_id, request, progress)
         tokens: list[int] = []
+        logprobs = None
         if progress.sample_next:
             logits = self.target.logits(progress.features[-1][-1:])[0]
             position = torch.tensor([len(progress.token_ids)])
             tokens = [int(choose_tokens(logits[None], request.params, position)[0])]
+            if request.num_logprobs is not None:
+                logprobs = token_logprobs(logits[None], tokens, request.num_logprobs)
             request.commit(tokens)
         features = torch.cat(progress.features) if request.want_features and progress.features else None
-        return self._committed(request_id, progress.epoch, tokens, 0, 0, features, progress.compute_s)
+        prompt = Logprobs.concat(progress.prompt_logprobs) if progress.num_prompt_logprobs is not None else None
+        return self._committed(request_id, progress.epoch, tokens, 0, 0, features, progress.compute_s,
+                               logprobs=logprobs, prompt_logprobs=prompt)
 
     def _fail(self, request_id: str, err: Exception) -> Failed:
         """A request that cannot go on: it stops here (its slot is freed on Release); the others go on."""
@@ -355,10 +406,13 @@ class VerifierWorker:
         self._learn(request, tree, tokens, (request.params.is_greedy, request.chosen_source))
         is_hit = request.commit(tokens)
         features = committed_features(verdict.hidden, verdict.path) if request.want_features else None
+        logprobs = None
+        if request.num_logprobs is not None:  # the verification's own logits: no extra forward
+            logprobs = token_logprobs(verdict.logits[committed_rows(verdict.path)], tokens, request.num_logprobs)
         self.counters["num_verifications"] += 1
         self.counters["num_nodes_verified"] += tree.num_nodes
         return self._committed(request_id, epoch, tokens, tree.max_depth, tree.num_nodes, features, compute_s, is_hit,
-                               verdict.off_top)
+                               logprobs, off_top=verdict.off_top)
 
     def _learn(self, request: VerifierRequest, verified: DraftTree, tokens: list[int], key: tuple[bool, str]) -> None:
         """Feed the acceptance estimates every verdict this verification settled, verified or not.
@@ -460,10 +514,12 @@ class VerifierWorker:
 
     def _committed(self, request_id: str, epoch: int, tokens: list[int], depth: int, num_nodes: int,
                    features: torch.Tensor | None, compute_s: float, is_hit: bool = False,
+                   logprobs: Logprobs | None = None, prompt_logprobs: Logprobs | None = None,
                    off_top: bool = False) -> Committed:
         self.compute_s += compute_s
         blob = to_blob(features.float()) if features is not None else None
-        return Committed(request_id, epoch, tokens, depth, blob, compute_s, num_nodes, is_hit, off_top)
+        return Committed(request_id, epoch, tokens, depth, blob, compute_s, num_nodes, is_hit, logprobs,
+                         prompt_logprobs, off_top)
 
 
 def fingerprint(vocab_size: int, hidden_size: int, tokenizer_hash: str, model_name: str) -> dict[str, Any]:
