@@ -8,7 +8,7 @@
 | `--draft` | `models/demo/draft` | AR draft model directory for `ModelDrafter` (`""` = skip) |
 | `--no-ngram` | off | skip the `NgramDrafter` baseline |
 | `--corpus` | `stdlib` | corpus whose held-out split gives the prompts (style `stdlib`) |
-| `--styles` | `stdlib` | comma-separated prompt sets (workers/training/prompt_sets.py): `stdlib` (held-out windows), `handwritten`, `bench`, `docstring`, `tests` |
+| `--styles` | `stdlib` | comma-separated prompt sets (workers/training/prompt_sets.py): `stdlib`, `handwritten`, … |
 | `--num-prompts` | 20 | prompts per style, each from a different held-out document when possible |
 | `--min-prompt-tokens` / `--max-prompt-tokens` | 64 / 128 | prompt length range |
 | `--max-new-tokens` | 64 | tokens generated per prompt (greedy; stops early at EOS) |
@@ -115,7 +115,8 @@ def _add(total: SpecStats, stats: SpecStats) -> None:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| prompts | drafter | tree | τ | acceptance per depth (d1, d2, …) | verifications | tokens/s | lossless |",
+    lines = ["| prompts | drafter | tree | τ | acceptance per depth (d1, d2, …) | verifications | tokens/s "
+             "| lossless |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         acc = ", ".join(f"{a:.2f}" for a in row["acceptance_per_depth"])

@@ -4,7 +4,7 @@ site-packages (logic in workers/training/self_distill.py; the held-out rule is w
 | flag | default | meaning |
 |---|---|---|
 | `--target` | `models/demo/target` | target HF checkpoint directory (loaded in fp32) |
-| `--out` | required | JSONL to write (`{"id", "source", "ids", "prompt_len", "sampled", "batch"}` per line); appended to |
+| `--out` | required | JSONL written (`{"id", "source", "ids", "prompt_len", "sampled", "batch"}` lines); appended |
 | `--sources` | `stdlib,site-packages` | named sources whose training-split files give the prompts |
 | `--num-prompts` | 8192 | prompts cut (the same list in every shard) |
 | `--min-prompt-tokens` / `--max-prompt-tokens` | 32 / 128 | length of most prompts (whole lines from a random line) |
@@ -14,6 +14,7 @@ site-packages (logic in workers/training/self_distill.py; the held-out rule is w
 | `--batch-size` | 64 | prompts per left-padded batch (prompts sorted by length) |
 | `--sampled-share` | 0.25 | share of batches sampled at `--temperature` (the rest greedy) |
 | `--temperature` | 0.8 | sampling temperature (full distribution, no top-k / top-p) |
+| `--max-batches` | 0 | generate only batches b < N (the shortest prompts first; 0 = all) |
 | `--shard` / `--num-shards` | 0 / 1 | this process generates batches b with b % num_shards == shard |
 | `--seed` | 0 | prompt and sampling seed |
 | `--num-threads` | 1 | torch intra-op threads |
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per batch")
     parser.add_argument("--sampled-share", type=float, default=0.25, help="share of sampled batches")
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
+    parser.add_argument("--max-batches", type=int, default=0, help="only batches b < N (0 = all)")
     parser.add_argument("--shard", type=int, default=0, help="this process's shard")
     parser.add_argument("--num-shards", type=int, default=1, help="number of shards")
     parser.add_argument("--seed", type=int, default=0, help="prompt and sampling seed")
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = done_batches(out)
-    todo = [b for b in range(len(batch_list)) if b % args.num_shards == args.shard and b not in done]
+    num_batches = min(args.max_batches or len(batch_list), len(batch_list))
+    todo = [b for b in range(num_batches) if b % args.num_shards == args.shard and b not in done]
     model = load_causal_lm(args.target, torch.float32, "cpu").requires_grad_(False)
     pad_id, eos_id = int(tokenizer.pad_token_id), int(tokenizer.eos_token_id)
     start, new_tokens = time.perf_counter(), 0

@@ -16,7 +16,7 @@ temperature 0.
 | `--target` | `models/demo/target` | target HF checkpoint directory (Llama or Qwen2 family) |
 | `--tokenizer` | the target dir | tokenizer directory |
 | `--corpus` | `stdlib` | `stdlib`, a directory of text files, or a JSONL file ("text" or chat "messages" per line) |
-| `--extra-corpus` | none | a second training corpus mixed into every batch (e.g. the target's own continuations, a token-id JSONL from scripts/gen_distill_data.py) |
+| `--extra-corpus` | none | a second corpus mixed into every batch (e.g. scripts/gen_distill_data.py's JSONL) |
 | `--extra-share` | 0.5 | share of each batch's windows drawn from `--extra-corpus` (rounded to whole windows) |
 | `--init` | none | start from this saved drafter's weights (fine-tuning; fresh optimizer, same shape) |
 | `--chat-template` | the tokenizer's | Jinja chat template file, for a tokenizer without one (needed for chat data) |
@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(summary))
 
 
-_META_KEYS = ("target", "corpus", "extra_corpus", "extra_share", "init", "num_layers", "block_size", "seq_len", "batch_size", "lr",
+_META_KEYS = ("target", "corpus", "extra_corpus", "extra_share", "init", "num_layers",
+              "block_size", "seq_len", "batch_size", "lr",
               "min_lr_ratio", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "feature_weight",
               "distill_weight", "glance_ratio", "no_glance", "smooth_l1_beta", "seed")
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from safetensors.torch import load_file
 
 from workers.drafters.falcon_model import CONFIG_FILE, WEIGHTS_FILE, FalconConfig, FalconDrafterModel, load_target_head

@@ -156,8 +156,9 @@ def generate_records(model: Any, batch_list: Sequence[Sequence[Prompt]], spec: G
         batch = batch_list[b]
         continuations = continue_batch(model, [p.ids for p in batch], spec.max_new_tokens, pad_id, eos_id,
                                        temperature)
+        pairs = zip(batch, continuations, strict=True)
         yield [{"id": p.name, "source": p.source, "ids": [*p.ids, *cont], "prompt_len": len(p.ids),
-                "sampled": temperature is not None, "batch": b} for p, cont in zip(batch, continuations) if cont]
+                "sampled": temperature is not None, "batch": b} for p, cont in pairs if cont]
 
 
 def done_batches(path: Path) -> set[int]:

@@ -50,7 +50,7 @@ def test_left_padded_batch_continues_like_unpadded_greedy() -> None:
     model = tiny_model(vocab_size=96)
     prompts = [[5, 9, 14], [7, 3, 30, 31, 40, 41, 50], [60]]
     rows = continue_batch(model, prompts, 12, PAD, EOS)
-    for prompt, row in zip(prompts, rows):
+    for prompt, row in zip(prompts, rows, strict=True):
         expected = hf_greedy(model, prompt, 12)
         assert row == (expected[:expected.index(EOS) + 1] if EOS in expected else expected)
 
