@@ -17,6 +17,7 @@ site-packages (logic in workers/training/self_distill.py; the held-out rule is w
 | `--max-batches` | 0 | generate only batches b < N (the shortest prompts first; 0 = all) |
 | `--shard` / `--num-shards` | 0 / 1 | this process generates batches b with b % num_shards == shard |
 | `--seed` | 0 | prompt and sampling seed |
+| `--merge` | none | comma-separated shard files: write them to `--out` ordered by batch, print statistics, exit |
 | `--num-threads` | 1 | torch intra-op threads |
 
 A run resumes: batches already in `--out` are skipped. Prints the file's statistics at the end.
@@ -41,6 +42,7 @@ from workers.training.self_distill import (
     cut_prompts,
     done_batches,
     generate_records,
+    merge_shards,
     summarize,
 )
 
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard", type=int, default=0, help="this process's shard")
     parser.add_argument("--num-shards", type=int, default=1, help="number of shards")
     parser.add_argument("--seed", type=int, default=0, help="prompt and sampling seed")
+    parser.add_argument("--merge", default=None, help="shard files to merge into --out (then exit)")
     parser.add_argument("--num-threads", type=int, default=1, help="torch intra-op threads")
     return parser
 
@@ -71,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     cli.setup(f"gen{args.shard}", args.num_threads)
+    if args.merge:
+        merge_shards([Path(p) for p in args.merge.split(",")], Path(args.out))
+        print(json.dumps(summarize(Path(args.out))))
+        return
     if not 0 <= args.shard < args.num_shards:
         raise SystemExit(f"--shard must be in [0, {args.num_shards}), got {args.shard}")
     tokenizer = AutoTokenizer.from_pretrained(args.target)

@@ -169,6 +169,18 @@ def done_batches(path: Path) -> set[int]:
         return {json.loads(line)["batch"] for line in handle if line.strip()}
 
 
+def merge_shards(shards: Sequence[Path], out: Path) -> int:
+    """Write the shards' records to `out` ordered by batch (a shard's order kept within a batch); returns the
+    record count. The training stream follows this order, so merged shards train like one process's file."""
+    records = []
+    for shard in shards:
+        with shard.open(encoding="utf-8") as handle:
+            records += [json.loads(line) for line in handle if line.strip()]
+    records.sort(key=lambda r: r["batch"])
+    out.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return len(records)
+
+
 def summarize(path: Path) -> dict[str, Any]:
     """Record, token and source counts of a generated JSONL file."""
     stats: dict[str, Any] = {"records": 0, "tokens": 0, "prompt_tokens": 0, "new_tokens": 0,

@@ -23,6 +23,7 @@ from workers.training.self_distill import (
     cut_prompts,
     done_batches,
     generate_records,
+    merge_shards,
     summarize,
 )
 
@@ -108,3 +109,13 @@ def test_mixed_batches_take_their_share_from_each_stream() -> None:
     assert bool((windows[:3] < 1000).all()) and bool((windows[3] >= 5000).all())
     assert bool(weights[:3].all()) and 0 < int(weights[3].sum()) < 16
     assert torch.equal(MixedBatches((plain, masked))(7)[0], windows)
+
+
+def test_merged_shards_are_ordered_by_batch(tmp_path: Path) -> None:
+    rows = {0: [4, 0, 2], 1: [3, 1]}
+    for shard, order in rows.items():
+        (tmp_path / f"s{shard}.jsonl").write_text("".join(
+            json.dumps({"ids": [5, 6], "prompt_len": 1, "batch": b, "n": i}) + "\n" for i, b in enumerate(order)))
+    out = tmp_path / "merged.jsonl"
+    assert merge_shards([tmp_path / "s0.jsonl", tmp_path / "s1.jsonl"], out) == 5
+    assert [json.loads(line)["batch"] for line in out.read_text().splitlines()] == [0, 1, 2, 3, 4]
