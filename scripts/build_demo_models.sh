@@ -82,11 +82,11 @@ python scripts/gen_distill_data.py --merge "$CKPT_DIR/selfgen.0.jsonl,$CKPT_DIR/
     --out "$CKPT_DIR/selfgen.jsonl"
 python scripts/train_drafter.py --corpus stdlib --target "$OUT/target" \
     --extra-corpus "$CKPT_DIR/selfgen.jsonl" --extra-share 0.5 --init "$CKPT_DIR/falcon-stdlib" \
-    --out "$OUT/falcon" --num-layers 2 --block-size 2 --seq-len 256 --batch-size 8 --steps 1500 \
+    --out "$OUT/falcon" --num-layers 2 --block-size 2 --seq-len 256 --batch-size 8 --steps 800 \
     --lr 7e-4 --warmup-steps 50 --min-lr-ratio 0.1 --weight-decay 0.0 --grad-clip 1.0 \
-    --feature-weight 1.0 --distill-weight 1.0 --glance-ratio 0.5 --eval-every 250 --eval-windows 32 \
+    --feature-weight 1.0 --distill-weight 1.0 --glance-ratio 0.5 --eval-every 200 --eval-windows 32 \
     --eval-prompts 0 --seed 0 --save-dtype float16 --checkpoint "$CKPT_DIR/falcon-sd.pt" --checkpoint-every 25 \
-    --log-every 25 --num-threads 2 $RESUME_FLAG
+    --log-every 25 --num-threads 1 $RESUME_FLAG
 fi
 
 if stage ablation; then
