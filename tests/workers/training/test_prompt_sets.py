@@ -11,6 +11,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from workers.training import prompt_sets
+from workers.training.corpus import is_held_out
 from workers.training.prompt_sets import STYLES, cuts_before_tests, docstring_cuts, style_prompts
 
 REPO = Path(__file__).resolve().parents[3]
@@ -38,7 +39,7 @@ def test_handwritten_set_holds_the_demo_prompts() -> None:
 
 def test_cut_prompts_come_from_held_out_files_only(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
-    real = prompt_sets.is_held_out
+    real = is_held_out
 
     def spy(name: str) -> bool:
         held = real(name)

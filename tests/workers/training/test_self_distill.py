@@ -82,12 +82,12 @@ def test_records_resume_and_load_as_a_masked_stream(tmp_path: Path, tokenizer: o
     docs = read_corpus(str(out), "train") + read_corpus(str(out), "held_out")
     assert len(docs) == 4 and all(d.is_ids for d in docs)
     stream = build_stream(tokenizer, docs)
-    first = docs[0]
-    assert document_ids(tokenizer, docs)[0] == list(first.ids)
-    n, p = len(first.ids), first.num_prompt_ids
+    first, first_ids = docs[0], docs[0].ids
+    assert first_ids is not None and document_ids(tokenizer, docs)[0] == list(first_ids)
+    n, p = len(first_ids), first.num_prompt_ids
     targets = stream.is_target[:n + 1].tolist()
     assert targets[:p] == [False] * p and all(targets[p:n])
-    if first.ids[-1] != EOS:  # a separator EOS is appended and is not a target
+    if first_ids[-1] != EOS:  # a separator EOS is appended and is not a target
         assert stream.ids[n] == EOS and targets[n] is False
 
 
