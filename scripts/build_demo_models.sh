@@ -110,6 +110,9 @@ if [[ -d "$CKPT_DIR/falcon-stdlib" ]]; then
     python scripts/eval_drafters.py "${EVAL_FLAGS[@]}" --trees default --draft "" --no-ngram \
         --styles stdlib,handwritten,bench,docstring,tests --falcon "$CKPT_DIR/falcon-stdlib,$OUT/falcon" \
         --json "$OUT/eval_styles.json"
+    python scripts/eval_drafters.py "${EVAL_FLAGS[@]}" --trees static,wide --draft "" --no-ngram \
+        --styles stdlib,handwritten,bench,docstring,tests --falcon "$CKPT_DIR/falcon-stdlib,$OUT/falcon" \
+        --json "$OUT/eval_styles_trees.json"
 fi
 python scripts/eval_target.py --target "$OUT/target" --falcon "$OUT/falcon" --draft "$OUT/draft" \
     --json "$OUT/quality.json"
