@@ -11,7 +11,8 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[3] / "scripts"
 
 
-@pytest.mark.parametrize("name", ["train_tokenizer", "train_target", "train_drafter", "eval_drafters"])
+@pytest.mark.parametrize("name", ["train_tokenizer", "train_target", "train_drafter", "eval_drafters",
+                                  "gen_distill_data"])
 def test_every_flag_is_in_the_docstring_table(name: str) -> None:
     if str(SCRIPTS) not in sys.path:
         sys.path.insert(0, str(SCRIPTS))  # the scripts import each other as top-level modules
