@@ -31,6 +31,8 @@ def encode(message: Message) -> list[Any]:
         if isinstance(value, Blob):
             header[f.name] = {_BLOB_KEY: len(buffers), "dtype": value.dtype, "shape": list(value.shape)}
             buffers.append(value.data)
+        elif dataclasses.is_dataclass(value):  # a record of plain values (e.g. Logprobs): a map
+            header[f.name] = dataclasses.asdict(value)  # type: ignore[arg-type]
         else:
             header[f.name] = value
     return [msgpack.packb(header, use_bin_type=True), *buffers]
@@ -89,6 +91,8 @@ def _check(kind: str, name: str, value: Any, hint: Any, frames: Sequence[Any]) -
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Blob:
         return _blob(kind, name, value, frames)
+    if dataclasses.is_dataclass(hint):
+        return _record(kind, name, value, hint)
     if hint is Any or _matches(value, hint, origin, args):
         return value
     raise ProtocolError(f"{kind}.{name}: expected {_name(hint)}, got {type(value).__name__} {value!r:.60}")
@@ -96,7 +100,8 @@ def _check(kind: str, name: str, value: Any, hint: Any, frames: Sequence[Any]) -
 
 def _matches(value: Any, hint: Any, origin: Any, args: tuple[Any, ...]) -> bool:
     if origin is list:
-        return isinstance(value, list) and all(_matches(v, args[0], None, ()) for v in value)
+        inner, inner_args = typing.get_origin(args[0]), typing.get_args(args[0])
+        return isinstance(value, list) and all(_matches(v, args[0], inner, inner_args) for v in value)
     if origin is dict:
         return isinstance(value, dict)
     if hint is float:
@@ -104,6 +109,24 @@ def _matches(value: Any, hint: Any, origin: Any, args: tuple[Any, ...]) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)
+
+
+def _record(kind: str, name: str, value: Any, cls: Any) -> Any:
+    """A nested record (a dataclass of plain values, sent as a map): every field checked, then built."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if not isinstance(value, dict) or set(value) - set(fields):
+        raise ProtocolError(f"{kind}.{name}: expected a {cls.__name__} map with fields {sorted(fields)}, "
+                            f"got {value!r:.60}")
+    hints = _hints(cls)
+    missing = [n for n, f in fields.items() if n not in value and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ProtocolError(f"{kind}.{name}: missing field {missing[0]!r}")
+    checked = {n: _check(kind, f"{name}.{n}", v, hints[n], ()) for n, v in value.items()}
+    try:
+        return cls(**checked)
+    except (TypeError, ValueError) as err:
+        raise ProtocolError(f"{kind}.{name}: {err}") from err
 
 
 def _name(hint: Any) -> str:

@@ -12,7 +12,12 @@ class ConfigError(TandemError, ValueError):
 
 
 class RequestError(TandemError, ValueError):
-    """A request is invalid (empty prompt, bad sampling value, ...); the message names the field."""
+    """A request is invalid (empty prompt, bad sampling value, ...); the message names the field, and
+    `param` is that field's name in the `Generate` message when one field is at fault."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ModelMismatchError(TandemError, ValueError):

@@ -11,7 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 2  # 2: the verifier drives its requests (Prefill run settings, Steer)
+from protocol.logprobs import Logprobs
+
+PROTOCOL_VERSION = 3  # 2: the verifier drives its requests (Prefill run settings, Steer); 3: logprobs, n
 
 DTYPE_SIZES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "uint8": 1, "bool": 1}
 
@@ -94,6 +96,9 @@ class Generate(Message):
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    n: int = 1  # samples of this prompt, each its own request (index 0 .. n-1) with its own seed stream
+    logprobs: int | None = None  # per generated token: its log-probability and the N most likely (None: off)
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens, from the prefill (None: off)
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ class Metrics(Message):
 
 @dataclass(frozen=True)
 class Chunk(Message):
-    """New tokens of a request; the last chunk has a finish reason and the request's stats."""
+    """New tokens of one sample of a request; its last chunk has a finish reason and its stats."""
 
     TYPE: ClassVar[str] = "chunk"
     request_id: str
@@ -125,6 +130,9 @@ class Chunk(Message):
     text: str
     finish_reason: str | None = None  # stop | length | cancelled
     stats: dict[str, Any] | None = None
+    index: int = 0  # which sample (0 .. n-1) of the request
+    logprobs: Logprobs | None = None  # of `token_ids`, when the request asked
+    prompt_logprobs: Logprobs | None = None  # of the prompt's tokens but the first, in sample 0's first chunk
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,7 @@ class Error(Message):
     request_id: str | None
     code: str  # bad_request | overloaded | timeout | model_mismatch | internal
     message: str
+    param: str | None = None  # the request field at fault (a bad_request), as the Generate message names it
 
 
 # ---- worker-facing -----------------------------------------------------------------------------
@@ -158,6 +167,9 @@ class Prefill(Message):
     mode: str = "off"  # async: verify the newest tree held, never wait | sync: wait for a fresh draft | off
     max_length: int = 0  # stop after this many committed tokens (0 = the model's context)
     stop_token_ids: list[int] = field(default_factory=list)  # stop after committing one of these
+    num_logprobs: int | None = None  # send every committed token's log-probability and N alternatives
+    num_prompt_logprobs: int | None = None  # send the prompt's log-probabilities with the first commit
+    prefix_from: str = ""  # a request held here with the same prompt (a sibling sample): copy its cache
 
 
 @dataclass(frozen=True)
@@ -206,6 +218,9 @@ class Committed(Message):
     compute_s: float = 0.0  # verifier time spent on this result
     num_nodes: int = 0  # draft nodes verified
     reroot_hit: bool = False  # the tree the verifier held spelled every token committed here
+    logprobs: Logprobs | None = None  # of `token_ids`, when the Prefill asked (num_logprobs)
+    prompt_logprobs: Logprobs | None = None  # of the prompt's tokens but the first, with the prefill's commit
+    off_top: bool = False  # speculation.target_candidates: a candidate other than the target's choice was taken
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from protocol.errors import RequestError
 
+MAX_SAMPLES = 64  # most samples (`n`) one request may ask for
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -25,13 +27,14 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) \
                 or self.temperature < 0:
-            raise RequestError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+            raise RequestError(f"temperature must be a finite number >= 0, got {self.temperature!r}",
+                               "temperature")
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            raise RequestError(f"top_p must be in (0, 1], got {self.top_p!r}")
+            raise RequestError(f"top_p must be in (0, 1], got {self.top_p!r}", "top_p")
         if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
-            raise RequestError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+            raise RequestError(f"top_k must be an integer >= 0, got {self.top_k!r}", "top_k")
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
-            raise RequestError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+            raise RequestError(f"seed must be an integer in [0, 2**63), got {self.seed!r}", "seed")
 
     @property
     def is_greedy(self) -> bool:
@@ -42,6 +45,21 @@ class SamplingParams:
         if self.seed is not None or self.is_greedy:
             return self
         return SamplingParams(self.temperature, self.top_p, self.top_k, secrets.randbits(63))
+
+    def for_sample(self, index: int) -> SamplingParams:
+        """The parameters of sample `index` of an n > 1 request: its own seed stream, sample 0 keeps the seed
+        (so it equals the n = 1 answer). Call on seeded parameters (`with_seed`)."""
+        if index == 0 or self.seed is None:
+            return self
+        return SamplingParams(self.temperature, self.top_p, self.top_k, sample_seed(self.seed, index))
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample `index`: a splitmix64 step away from `seed`, so streams never overlap by a shift."""
+    z = (seed + index * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) >> 1  # in [0, 2**63)
 
 
 @dataclass(frozen=True)

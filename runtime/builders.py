@@ -68,7 +68,8 @@ def build_verifier_worker(config: TandemConfig, worker_id: str, calibrate: bool 
                             speculation.acceptance, max(speculation.tree.total_tokens, 1), speculation.local_lookup,
                             max_running=limits.max_running_per_verifier, max_batch=section.max_batch,
                             max_length=max_length, prefill_chunk=section.prefill_chunk,
-                            compile_backend="inductor" if section.compile else None, hidden=hidden)
+                            compile_backend="inductor" if section.compile else None,
+                            target_candidates=speculation.target_candidates, hidden=hidden)
     if speculation.mode != "off" and calibrate:
         worker.calibrate()  # t(n) for the cost model; refined online
     return worker

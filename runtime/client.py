@@ -9,7 +9,8 @@
 Settings travel as one `GenerationParams`; keyword arguments override its fields. Chat applies the
 chat template here, on the client side (runtime.chat), and sends token ids.
 
-A coordinator that does not answer within `timeout_s` raises WorkerDeadError naming its address.
+A coordinator that does not answer within `timeout_s` raises WorkerDeadError naming its address;
+`from_config` first checks that one answers at all (`probe`, a few seconds) and says how to start one.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from runtime.results import GenerationOutput, GenerationParams, collect, error_t
 from runtime.security import client_keys
 
 _M = TypeVar("_M", bound=Message)
+PROBE_TIMEOUT_S = 5.0  # how long `from_config` waits for a coordinator to answer before giving a hint
+START_HINT = ("start a deployment with `tandem launch --config FILE`, or run the pipeline in-process: "
+              "`tandem generate --local ...` or `runtime.engine.Engine.from_config(FILE)`")
 
 
 def _new_id() -> str:
@@ -46,6 +50,34 @@ def _from_config(config_path: str, chat_template: str | None) -> tuple[str, Chat
     template = chat_template or (config.server.chat_template if config.server is not None else None)
     return (config.coordinator.client_address, ChatFormatter(None, template, config.verifier.model),
             client_keys(config.security))
+
+
+def probe(address: str, curve: ClientKeys | None = None, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise WorkerDeadError with a hint unless a coordinator answers a metrics request at `address` in time.
+
+    A client socket connects lazily, so without this a first request to an address where nothing listens
+    only fails at the request's own (long) timeout."""
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        if curve is not None:
+            secure_client(socket, curve)
+        socket.connect(address)
+        request_id = _new_id()
+        if socket.poll(int(timeout_s * 1000), zmq.POLLOUT):
+            socket.send_multipart(encode(GetMetrics(request_id)), flags=zmq.NOBLOCK)
+            deadline_ms = int(timeout_s * 1000)
+            while socket.poll(deadline_ms, zmq.POLLIN):
+                with contextlib.suppress(ProtocolError):
+                    if getattr(decode(socket.recv_multipart()), "request_id", None) == request_id:
+                        return
+    except zmq.ZMQError as err:
+        raise WorkerDeadError(f"cannot reach a coordinator at {address} ({err}): {START_HINT}") from err
+    finally:
+        socket.close(linger=0)
+        context.term()
+    raise WorkerDeadError(f"nothing answers at {address} within {timeout_s:g} s: {START_HINT}")
 
 
 def _expect(message: Message, kind: type[_M]) -> _M:
@@ -69,10 +101,14 @@ class Client:
         self.socket.connect(address)
 
     @classmethod
-    def from_config(cls, path: str, timeout_s: float = 60.0, chat_template: str | None = None) -> Client:
+    def from_config(cls, path: str, timeout_s: float = 60.0, chat_template: str | None = None,
+                    probe_timeout_s: float | None = PROBE_TIMEOUT_S) -> Client:
         """Client of the deployment in `path`: its CURVE keys when `security.curve` is on; chat uses its
-        target's tokenizer and `server.chat_template`."""
+        target's tokenizer and `server.chat_template`. Unless `probe_timeout_s` is None, a coordinator must
+        answer within it (else WorkerDeadError with a hint)."""
         address, formatter, keys = _from_config(path, chat_template)
+        if probe_timeout_s is not None:
+            probe(address, keys, probe_timeout_s)
         client = cls(address, timeout_s, curve=keys)
         client.chat_formatter = formatter
         return client
@@ -92,11 +128,12 @@ class Client:
         request_id = _new_id()
         fields = GenerationParams.of(params, overrides).message_fields(prompt_or_ids)
         self._send(Generate(request_id, **fields))
-        is_done = False
+        num_open, is_done = max(fields["n"], 1), False  # samples not finished yet
         try:
             while True:
                 chunk = _expect(self._receive_for(request_id), Chunk)
-                is_done = chunk.finish_reason is not None
+                num_open -= chunk.finish_reason is not None
+                is_done = num_open == 0
                 yield chunk
                 if is_done:
                     return
@@ -171,8 +208,12 @@ class AsyncClient:
         self._reader: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_config(cls, path: str, timeout_s: float = 60.0, chat_template: str | None = None) -> AsyncClient:
+    def from_config(cls, path: str, timeout_s: float = 60.0, chat_template: str | None = None,
+                    probe_timeout_s: float | None = PROBE_TIMEOUT_S) -> AsyncClient:
+        """As `Client.from_config` (the probe blocks for at most `probe_timeout_s`)."""
         address, formatter, keys = _from_config(path, chat_template)
+        if probe_timeout_s is not None:
+            probe(address, keys, probe_timeout_s)
         client = cls(address, timeout_s, curve=keys)
         client.chat_formatter = formatter
         return client
@@ -191,12 +232,13 @@ class AsyncClient:
         request_id = _new_id()
         fields = GenerationParams.of(params, overrides).message_fields(prompt_or_ids)
         queue = self._open(request_id)
-        is_done = False
+        num_open, is_done = max(fields["n"], 1), False  # samples not finished yet
         try:
             await self._send(Generate(request_id, **fields))
             while not is_done:
                 chunk = _expect(await self._next(queue), Chunk)
-                is_done = chunk.finish_reason is not None
+                num_open -= chunk.finish_reason is not None
+                is_done = num_open == 0
                 yield chunk
         finally:
             self._queues.pop(request_id, None)

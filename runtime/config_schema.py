@@ -230,6 +230,9 @@ class SpeculationConfig:
     tree: TreeConfig = field(default_factory=_default_tree)
     acceptance: str = "calibrated"  # per-node acceptance estimates: calibrated path probability | learned
     local_lookup: bool = True  # a verifier holding no tree drafts by prompt lookup in the request's own tokens
+    # MCSD's target-initialised candidates: where the exact path stops, a child among the target's top W may be
+    # committed instead when its branch is accepted longer. LOSSY (output is no longer the target's); 0 = exact
+    target_candidates: int = 0
 
     def __post_init__(self) -> None:
         from protocol.params import TreeConfig
@@ -242,6 +245,9 @@ class SpeculationConfig:
             raise ConfigError(f"speculation.local_lookup must be true or false, got {self.local_lookup!r}")
         if not isinstance(self.tree, TreeConfig):
             raise ConfigError(f"speculation.tree must be a TreeConfig, got {self.tree!r}")
+        check_int("speculation.target_candidates", self.target_candidates, 0)
+        if self.target_candidates == 1:
+            raise ConfigError("speculation.target_candidates must be 0 (off, exact) or at least 2, got 1")
 
 
 @dataclass(frozen=True, kw_only=True)

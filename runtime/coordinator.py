@@ -3,7 +3,7 @@
 Events come in (`on_client`, `on_worker`, `tick`), messages go out through `outbox`; no sockets and
 no torch here, so the same object runs behind ZeroMQ (runtime/server.py) and in-process
 (runtime/engine.py). The request lifecycle of docs/design.md §3, step by step:
-  1. `_admit`         Generate -> validated Request, queued
+  1. `_admit`         Generate -> validated Requests (one per sample, n > 1), queued
   2. `_start`         a verifier (and a drafter) assigned; Prefill with the run settings
   3. `_on_committed`  the verifier's results, in epoch order: stop rules, streaming, Open/Commit to the drafter
   4. `_on_draft`      a drafter's living tree, forwarded to the request's verifier at once
@@ -24,6 +24,7 @@ from typing import Any
 from protocol.drafts import MAX_TREE_NODES, draft_problem
 from protocol.errors import RequestError
 from protocol.handshake import UNKNOWN_WORKER
+from protocol.logprobs import Logprobs
 from protocol.messages import (
     Cancel,
     Chunk,
@@ -45,7 +46,7 @@ from protocol.messages import (
     Steer,
     Welcome,
 )
-from runtime.admission import build_request
+from runtime.admission import build_requests
 from runtime.config import TandemConfig
 from runtime.metrics import RuntimeMetrics
 from runtime.pool import Worker, WorkerPool
@@ -74,9 +75,9 @@ class Coordinator:
         if isinstance(message, Generate):
             self._admit(client, message)
         elif isinstance(message, Cancel):
-            request = self.requests.get(message.request_id)
-            if request is not None and request.client == client:
-                self._finish(request, "cancelled")
+            for request in self._samples(message.request_id):
+                if request.client == client:
+                    self._finish(request, "cancelled")
         elif isinstance(message, GetMetrics):
             self._to_client(client, Metrics(message.request_id, self.metrics_snapshot()))
         else:
@@ -119,28 +120,31 @@ class Coordinator:
         for worker in self.pool.expire(now):
             self._on_worker_lost(worker)
         for request in [r for r in self.requests.values() if now > r.deadline]:
-            self._fail(request, "timeout", f"request {request.request_id} exceeded limits.request_timeout_s="
-                       f"{self.limits.request_timeout_s}")
+            if request.request_id in self.requests:  # not failed with a sibling sample already
+                self._fail(request, "timeout", f"request {request.client_request_id} exceeded "
+                           f"limits.request_timeout_s={self.limits.request_timeout_s}")
         self._dispatch()
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
     def _admit(self, client: bytes, message: Generate) -> None:
-        if message.request_id in self.requests:
+        if message.request_id in self.requests or self._samples(message.request_id):
             self._to_client(client, Error(message.request_id, "bad_request",
-                                          f"request_id {message.request_id!r} is already in use"))
+                                          f"request_id {message.request_id!r} is already in use", "request_id"))
             return
-        if sum(r.phase is Phase.QUEUED for r in self.requests.values()) >= self.limits.max_queued_requests:
+        queued = {r.client_request_id for r in self.requests.values() if r.phase is Phase.QUEUED}
+        if len(queued) >= self.limits.max_queued_requests:  # a request of n samples counts once
             self._to_client(client, Error(message.request_id, "overloaded",
                                           f"{self.limits.max_queued_requests} requests already queued"))
             return
         try:
-            request = build_request(message, client, self.tokenizer, int(self.reference["vocab_size"]),
-                                    self.limits, self.eos_token_ids, self.clock())
+            samples = build_requests(message, client, self.tokenizer, int(self.reference["vocab_size"]),
+                                     self.limits, self.eos_token_ids, self.clock())
         except RequestError as err:
-            self._to_client(client, Error(message.request_id, "bad_request", str(err)))
+            self._to_client(client, Error(message.request_id, "bad_request", str(err), err.param))
             return
-        self.requests[request.request_id] = request
+        for request in samples:
+            self.requests[request.request_id] = request
         self.metrics.started(self.clock())
         self._needs_dispatch = True
 
@@ -150,7 +154,7 @@ class Coordinator:
             return
         self._needs_dispatch = False
         for request in [r for r in self.requests.values() if r.phase is Phase.QUEUED]:
-            verifier = self.pool.least_loaded("verifier")
+            verifier = self._verifier_for(request)
             if verifier is None or len(verifier.requests) >= self.limits.max_running_per_verifier:
                 break
             self._start(request, verifier)
@@ -159,6 +163,21 @@ class Coordinator:
             for request in self.requests.values():
                 if request.phase is Phase.RUNNING and request.drafter is None and not request.drafter_failed:
                     self._adopt(request, drafter)
+
+    def _verifier_for(self, request: Request) -> Worker | None:
+        """Sample i > 0 goes where sample 0 runs while it has room (the verifier shares their prompt's cache)."""
+        first = self.requests.get(request.client_request_id) if request.index else None
+        worker = self.pool.workers.get(first.verifier) if first is not None and first.verifier else None
+        if worker is not None and len(worker.requests) < self.limits.max_running_per_verifier:
+            return worker
+        return self.pool.least_loaded("verifier")
+
+    def _prefix_from(self, request: Request, verifier: Worker) -> str:
+        """Sample 0's id when it is still prefilling on this verifier: the verifier copies its prompt's cache."""
+        first = self.requests.get(request.client_request_id) if request.index else None
+        if first is None or first.verifier != verifier.identity or first.phase is not Phase.PREFILLING:
+            return ""
+        return first.request_id
 
     def _start(self, request: Request, verifier: Worker) -> None:
         """Step 2 (and a resync after a verifier was lost): the verifier (re)builds the cache and runs."""
@@ -174,7 +193,9 @@ class Coordinator:
             request.request_id, request.epoch, list(request.committed), dataclasses.asdict(request.params),
             sample_next=is_new, want_features=self._wants_features(request),
             max_tree_nodes=self.tree.total_tokens if self.mode != "off" else 0, mode=self._verifier_mode(request),
-            max_length=request.max_length, stop_token_ids=sorted(request.rules.stop_token_ids)))
+            max_length=request.max_length, stop_token_ids=sorted(request.rules.stop_token_ids),
+            num_logprobs=request.num_logprobs, num_prompt_logprobs=request.num_prompt_logprobs if is_new else None,
+            prefix_from=self._prefix_from(request, verifier) if is_new else ""))
 
     def _on_committed(self, worker: Worker, message: Committed) -> None:
         self.metrics.verifier_compute_s += message.compute_s  # busy time, whether or not the result is used
@@ -192,17 +213,20 @@ class Coordinator:
                 self._open_drafter(request, message)
             return
         kept, delta = request.apply(message.token_ids)
+        logprobs = message.logprobs.head(len(kept)) if message.logprobs is not None else None
+        prompt_logprobs = message.prompt_logprobs if was_prefill else None
         if not was_prefill:
             record = (len(message.token_ids) - 1, message.tree_depth, len(kept), message.num_nodes,
-                      message.reroot_hit)
+                      message.reroot_hit, message.off_top)
             request.stats.record(*record)
             self.metrics.spec.record(*record)
         self.metrics.num_generated += len(kept)
         self.metrics.started(self.clock())
         if request.finish_reason is not None:
-            self._finish(request, request.finish_reason, kept, delta)
+            self._finish(request, request.finish_reason, kept, delta, logprobs, prompt_logprobs)
             return
-        self._to_client(request.client, Chunk(request.request_id, kept, delta))
+        self._to_client(request.client, self._chunk(request, kept, delta, logprobs=logprobs,
+                                                    prompt_logprobs=prompt_logprobs))
         if was_prefill and request.drafter is not None and not request.is_drafter_open:
             self._open_drafter(request, message)  # a new request: Open with the prompt's features
         elif request.is_drafter_open and request.drafter is not None:
@@ -231,20 +255,34 @@ class Coordinator:
         by one growth step, and the verifier picks how many nodes it checks anyway."""
         return draft_problem(message, MAX_TREE_NODES if self.mode != "off" else 0, int(self.reference["vocab_size"]))
 
-    def _finish(self, request: Request, reason: str, kept: list[int] | None = None, delta: str = "") -> None:
+    def _finish(self, request: Request, reason: str, kept: list[int] | None = None, delta: str = "",
+                logprobs: Logprobs | None = None, prompt_logprobs: Logprobs | None = None) -> None:
         """Step 5: the last chunk with the stats, then every worker frees the request."""
         request.finish(reason)
         request.stats.elapsed_s = self.clock() - request.started
-        self._to_client(request.client, Chunk(request.request_id, kept or [], delta, reason, request.stats.as_dict()))
+        self._to_client(request.client, self._chunk(request, kept or [], delta, reason, request.stats.as_dict(),
+                                                    logprobs, prompt_logprobs))
         self._release(request)
         self.metrics.num_finished += 1
 
     def _fail(self, request: Request, code: str, message: str) -> None:
+        """One Error for the client's request; its other samples end with it (the client stops listening)."""
         log.warning("request %s failed (%s): %s", request.request_id, code, message)
-        request.finish(code)
-        self._to_client(request.client, Error(request.request_id, code, message))
-        self._release(request)
+        self._to_client(request.client, Error(request.client_request_id, code, message))
+        for sample in [request, *(s for s in self._samples(request.client_request_id) if s is not request)]:
+            sample.finish(code)
+            self._release(sample)
         self.metrics.num_errors += 1
+
+    @staticmethod
+    def _chunk(request: Request, kept: list[int], delta: str, reason: str | None = None,
+               stats: dict[str, Any] | None = None, logprobs: Logprobs | None = None,
+               prompt_logprobs: Logprobs | None = None) -> Chunk:
+        return Chunk(request.client_request_id, kept, delta, reason, stats, request.index, logprobs, prompt_logprobs)
+
+    def _samples(self, client_request_id: str) -> list[Request]:
+        """Every live sample of a client's request (one unless it asked for n > 1)."""
+        return [r for r in self.requests.values() if r.client_request_id == client_request_id]
 
     def _release(self, request: Request) -> None:
         for identity in (request.verifier, request.drafter):

@@ -96,12 +96,13 @@ def _add(total: SpecStats, stats: SpecStats) -> None:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| drafter | tree | τ | acceptance per depth (d1, d2, …) | verifications | tokens/s | lossless |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| prompts | drafter | tree | τ | acceptance per depth (d1, d2, …) | verifications | tokens/s "
+             "| lossless |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         acc = ", ".join(f"{a:.2f}" for a in row["acceptance_per_depth"])
         lossless = "n/a" if row["lossless"] is None else f"{row['lossless']:.0%}"
-        lines.append(f"| {row['drafter']} | {row['tree']} | {row['tau']:.2f} | {acc} | "
+        lines.append(f"| {row.get('style', 'stdlib')} | {row['drafter']} | {row['tree']} | {row['tau']:.2f} | {acc} | "
                      f"{row['num_verifications']} | {row['tokens_per_s']:.1f} | {lossless} |")
     return "\n".join(lines)
 

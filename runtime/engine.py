@@ -65,6 +65,7 @@ class Engine:
         request_id = f"engine-{next(self._ids)}"
         fields = GenerationParams.of(params, overrides).message_fields(prompt_or_ids)
         self.coordinator.on_client(_CLIENT, _wire(Generate(request_id, **fields)))
+        num_open = max(fields["n"], 1)  # samples not finished yet
         while True:
             self._pump()
             mine = [m for m in self._inbox if getattr(m, "request_id", None) == request_id]
@@ -74,7 +75,8 @@ class Engine:
                     raise error_to_exception(message)
                 if isinstance(message, Chunk):
                     yield message
-                    if message.finish_reason is not None:
+                    num_open -= message.finish_reason is not None
+                    if num_open == 0:
                         return
             if not mine and not self._step_workers():
                 self.coordinator.tick()

@@ -37,11 +37,15 @@ class RuntimeMetrics:
         hits = sum(s.get("num_reroot_hits", 0) for s in drafters)
         commits = sum(s.get("num_commits", 0) for s in drafters)
         steps = sum(s.get("num_grow_steps", 0) for s in drafters)
+        drafter_s = sum(s.get("compute_s", 0.0) for s in drafters)
+        verifiers = [s for s in self.worker_stats.values() if s.get("role") == "verifier"]
         return {
             **{k: v for k, v in self.spec.as_dict().items() if k != "elapsed_s"},
             "tokens_per_s": self.num_generated / wall,
             "verifier_busy_fraction": min(self.verifier_compute_s / wall, 1.0),
-            "drafter_busy_fraction": min(sum(s.get("compute_s", 0.0) for s in drafters) / wall, 1.0),
+            "drafter_busy_fraction": min(drafter_s / wall, 1.0),
+            # the share of time the drafters had nothing to grow (their trees full, or no request)
+            "drafter_idle_fraction": (max(1.0 - drafter_s / (wall * len(drafters)), 0.0) if drafters else None),
             "drafter_reroot_hit_rate": hits / commits if commits else 0.0,
             "drafter_steps": steps,
             "drafter_steps_per_verification": steps / max(self.spec.num_verifications, 1),
@@ -49,6 +53,7 @@ class RuntimeMetrics:
             "verifier_busy_s": self.verifier_compute_s,
             "num_drafter_reroot_hits": hits,
             "num_drafter_commits": commits,
+            "num_prefixes_shared": sum(s.get("num_prefixes_shared", 0) for s in verifiers),  # n > 1 samples
             "num_finished": self.num_finished,
             "num_errors": self.num_errors,
             "num_generated": self.num_generated,

@@ -54,9 +54,17 @@ class Request:
     drafter_failed: bool = False  # a drafter could not serve it: verifier-only from then on
     stats: SpecStats = field(default_factory=SpecStats)
     finish_reason: str | None = None
+    index: int = 0  # sample index (n > 1): sample i > 0 has the id `<client's request id>#<i>`
+    num_logprobs: int | None = None  # each committed token's log-probability and N alternatives, when asked
+    num_prompt_logprobs: int | None = None  # the prompt's, with the first commit (sample 0 only)
 
     def __post_init__(self) -> None:
         self.committed = list(self.prompt_ids)
+
+    @property
+    def client_request_id(self) -> str:
+        """The id the client knows: every sample of a request streams under it."""
+        return self.request_id.rpartition("#")[0] if self.index else self.request_id
 
     @property
     def epoch(self) -> int:

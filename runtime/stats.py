@@ -17,11 +17,13 @@ class SpecStats:
     reached_per_depth: list[int] = field(default_factory=list)
     num_reroot_hits: int = 0  # verifications that started from a tree re-rooted along the previous commit
     num_draft_tokens: int = 0  # draft nodes verified
+    num_off_top: int = 0  # commits that took a target candidate other than the target's choice (lossy mode)
     elapsed_s: float = 0.0
 
     def record(self, num_accepted: int, tree_depth: int, num_committed: int, num_nodes: int = 0,
-               is_reroot_hit: bool = False) -> None:
+               is_reroot_hit: bool = False, is_off_top: bool = False) -> None:
         self.num_verifications += 1
+        self.num_off_top += int(is_off_top)
         self.num_committed += num_committed
         self.num_draft_tokens += num_nodes
         self.num_reroot_hits += int(is_reroot_hit)
@@ -53,6 +55,7 @@ class SpecStats:
             "num_reroot_hits": self.num_reroot_hits,
             "reroot_hit_rate": self.num_reroot_hits / self.num_verifications if self.num_verifications else 0.0,
             "num_draft_tokens": self.num_draft_tokens,
+            "num_off_top": self.num_off_top,
             "elapsed_s": self.elapsed_s,
         }
 

@@ -10,13 +10,14 @@ from protocol.errors import RequestError
 
 @dataclass(frozen=True)
 class StopRules:
-    max_new_tokens: int = 128
+    max_new_tokens: int = 128  # 0: no new token (a request that only scores its prompt)
     stop_token_ids: frozenset[int] = frozenset()  # EOS ids and user stop ids alike; the token is kept
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) \
-                or self.max_new_tokens < 1:
-            raise RequestError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+                or self.max_new_tokens < 0:
+            raise RequestError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}",
+                               "max_new_tokens")
 
 
 def apply_stop(new_token_ids: Sequence[int], num_generated: int, rules: StopRules) -> tuple[list[int], str | None]:

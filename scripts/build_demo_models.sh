@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Rebuild the demo models from scratch on CPU: tokenizer, target (pre-training, then unlikelihood
-# fine-tuning), AR draft, Falcon drafter (and the CSGD ablation), then the evaluations. Flags are exactly
+# fine-tuning), AR draft, Falcon drafter (and the CSGD ablation), its self-distillation fine-tuning on the
+# target's own continuations, then the evaluations. Flags are exactly
 # those used for the shipped checkpoints (models/demo/README.md). About 4 hours on 2 CPU cores.
 # Training checkpoints go to $CKPT_DIR; rerunning with RESUME=1 continues interrupted trainings (the
 # target can be trained in pieces across sessions this way). STAGES picks what runs, in this order:
-#   tokenizer target unlikelihood draft falcon ablation hidden eval
+#   tokenizer target unlikelihood draft falcon distill ablation hidden eval
 #   (default: all but ablation; WITH_ABLATION=1 adds it)
 # The pre-trained target stays in $CKPT_DIR/target-mle; the shipped one is its fine-tuned version.
 set -euo pipefail
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-models/demo}
 CKPT_DIR=${CKPT_DIR:-/tmp/tandem_build}
 RESUME_FLAG=$([[ "${RESUME:-0}" == 1 ]] && echo --resume || true)
-STAGES=${STAGES:-"tokenizer target unlikelihood draft falcon $([[ "${WITH_ABLATION:-0}" == 1 ]] && echo ablation) hidden eval"}
+STAGES=${STAGES:-"tokenizer target unlikelihood draft falcon distill $([[ "${WITH_ABLATION:-0}" == 1 ]] && echo ablation) hidden eval"}
 mkdir -p "$OUT" "$CKPT_DIR"
 stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
@@ -62,6 +63,30 @@ python scripts/train_drafter.py "${FALCON_FLAGS[@]}" --out "$OUT/falcon" --check
 rm -rf "$CKPT_DIR/falcon-800" && cp -r "$OUT/falcon" "$CKPT_DIR/falcon-800"
 python scripts/train_drafter.py "${FALCON_FLAGS[@]}" --steps 6400 --out "$OUT/falcon" \
     --checkpoint "$CKPT_DIR/falcon.pt" --resume
+# the stdlib-only drafter: the distill stage fine-tunes it (and the eval compares the two)
+rm -rf "$CKPT_DIR/falcon-stdlib" && cp -r "$OUT/falcon" "$CKPT_DIR/falcon-stdlib"
+fi
+
+if stage distill; then
+# self-distillation: the target continues 3,968 prompts cut from training files of the stdlib and site-packages
+# (the shortest 62 of 128 batches of 64; two processes of one thread), then the drafter is fine-tuned on
+# half self-generated, half stdlib windows
+for shard in 0 1; do
+    python scripts/gen_distill_data.py --target "$OUT/target" --out "$CKPT_DIR/selfgen.$shard.jsonl" \
+        --sources stdlib,site-packages --num-prompts 8192 --min-prompt-tokens 32 --max-prompt-tokens 128 \
+        --short-share 0.3 --short-min-tokens 8 --max-new-tokens 160 --batch-size 64 --max-batches 62 \
+        --sampled-share 0.2 --temperature 0.7 --seed 0 --shard $shard --num-shards 2 --num-threads 1 &
+done
+wait
+python scripts/gen_distill_data.py --merge "$CKPT_DIR/selfgen.0.jsonl,$CKPT_DIR/selfgen.1.jsonl" \
+    --out "$CKPT_DIR/selfgen.jsonl"
+python scripts/train_drafter.py --corpus stdlib --target "$OUT/target" \
+    --extra-corpus "$CKPT_DIR/selfgen.jsonl" --extra-share 0.5 --init "$CKPT_DIR/falcon-stdlib" \
+    --out "$OUT/falcon" --num-layers 2 --block-size 2 --seq-len 256 --batch-size 8 --steps 800 \
+    --lr 7e-4 --warmup-steps 50 --min-lr-ratio 0.1 --weight-decay 0.0 --grad-clip 1.0 \
+    --feature-weight 1.0 --distill-weight 1.0 --glance-ratio 0.5 --eval-every 200 --eval-windows 32 \
+    --eval-prompts 0 --seed 0 --save-dtype float16 --checkpoint "$CKPT_DIR/falcon-sd.pt" --checkpoint-every 25 \
+    --log-every 25 --num-threads 1 $RESUME_FLAG
 fi
 
 if stage ablation; then
@@ -88,6 +113,15 @@ if [[ -d "$CKPT_DIR/falcon-noglance" ]]; then  # the ablation: both arms at 800 
         --json "$OUT/eval_glance800.json"
     python scripts/eval_drafters.py "${EVAL_FLAGS[@]}" --falcon "$CKPT_DIR/falcon-noglance" --draft "" --no-ngram \
         --json "$OUT/eval_noglance.json"
+fi
+# τ per prompt style, the stdlib-only drafter against the self-distilled one (default tree)
+if [[ -d "$CKPT_DIR/falcon-stdlib" ]]; then
+    python scripts/eval_drafters.py "${EVAL_FLAGS[@]}" --trees default --draft "" --no-ngram \
+        --styles stdlib,handwritten,bench,docstring,tests --falcon "$CKPT_DIR/falcon-stdlib,$OUT/falcon" \
+        --json "$OUT/eval_styles.json"
+    python scripts/eval_drafters.py "${EVAL_FLAGS[@]}" --trees static,wide --draft "" --no-ngram \
+        --styles stdlib,handwritten,bench,docstring,tests --falcon "$CKPT_DIR/falcon-stdlib,$OUT/falcon" \
+        --json "$OUT/eval_styles_trees.json"
 fi
 python scripts/eval_target.py --target "$OUT/target" --falcon "$OUT/falcon" --draft "$OUT/draft" \
     --json "$OUT/quality.json"

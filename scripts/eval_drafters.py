@@ -4,11 +4,12 @@
 | flag | default | meaning |
 |---|---|---|
 | `--target` | `models/demo/target` | target HF checkpoint directory |
-| `--falcon` | `models/demo/falcon` | Falcon drafter directory (`""` = skip) |
+| `--falcon` | `models/demo/falcon` | Falcon drafter directory, or several comma-separated (`""` = skip) |
 | `--draft` | `models/demo/draft` | AR draft model directory for `ModelDrafter` (`""` = skip) |
 | `--no-ngram` | off | skip the `NgramDrafter` baseline |
-| `--corpus` | `stdlib` | corpus whose held-out split gives the prompts |
-| `--num-prompts` | 20 | prompts, each from a different held-out document when possible |
+| `--corpus` | `stdlib` | corpus whose held-out split gives the prompts (style `stdlib`) |
+| `--styles` | `stdlib` | comma-separated prompt sets (workers/training/prompt_sets.py): `stdlib`, `handwritten`, … |
+| `--num-prompts` | 20 | prompts per style, each from a different held-out document when possible |
 | `--min-prompt-tokens` / `--max-prompt-tokens` | 64 / 128 | prompt length range |
 | `--max-new-tokens` | 64 | tokens generated per prompt (greedy; stops early at EOS) |
 | `--trees` | `default,static,wide` | tree presets (`default`, `static`, `wide`, `narrow`) or `TOTAL:DEPTH:TOP_K` |
@@ -29,19 +30,21 @@ import time
 import torch
 from transformers import AutoTokenizer
 
-from runtime.drafter_eval import evaluate, load_prompts, markdown_table, parse_tree, reference_outputs
+from runtime.drafter_eval import evaluate, markdown_table, parse_tree, reference_outputs
 from runtime.stopping import StopRules
 from workers.drafters.base import Drafter
 from workers.drafters.falcon import FalconDrafter
 from workers.drafters.model import ModelDrafter
 from workers.drafters.ngram import NgramDrafter
 from workers.target import TargetVerifier
+from workers.training.prompt_sets import style_prompts
 
 
 def build_drafters(args: argparse.Namespace) -> dict[str, Drafter]:
     drafters: dict[str, Drafter] = {}
-    if args.falcon:
-        drafters["falcon"] = FalconDrafter.from_pretrained(args.falcon, args.target)
+    paths = [p for p in args.falcon.split(",") if p]
+    for path in paths:
+        drafters["falcon" if len(paths) == 1 else f"falcon {path}"] = FalconDrafter.from_pretrained(path, args.target)
     if args.draft:
         drafters["model (AR draft)"] = ModelDrafter.from_pretrained(args.draft)
     if not args.no_ngram:
@@ -57,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--draft", default="models/demo/draft", help="AR draft model directory ('' = skip)")
     parser.add_argument("--no-ngram", action="store_true", help="skip the ngram baseline")
     parser.add_argument("--corpus", default="stdlib", help="corpus whose held-out split gives the prompts")
-    parser.add_argument("--num-prompts", type=int, default=20, help="number of held-out prompts")
+    parser.add_argument("--styles", default="stdlib", help="comma-separated prompt sets (prompt_sets.STYLES)")
+    parser.add_argument("--num-prompts", type=int, default=20, help="number of held-out prompts per style")
     parser.add_argument("--min-prompt-tokens", type=int, default=64, help="shortest prompt")
     parser.add_argument("--max-prompt-tokens", type=int, default=128, help="longest prompt")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt")
@@ -73,25 +77,30 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.num_threads)
     tokenizer = AutoTokenizer.from_pretrained(args.target)
     target = TargetVerifier.from_pretrained(args.target)
-    prompts = load_prompts(tokenizer, args.corpus, args.num_prompts, args.min_prompt_tokens,
-                           args.max_prompt_tokens, args.seed)
     rules = StopRules(max_new_tokens=args.max_new_tokens, stop_token_ids=frozenset({tokenizer.eos_token_id}))
-    start = time.perf_counter()
-    reference = reference_outputs(target, prompts, rules)
-    baseline_tps = sum(map(len, reference)) / (time.perf_counter() - start)
-    rows = []
-    for name, drafter in build_drafters(args).items():
-        for spec in args.trees.split(","):
-            row = evaluate(target, drafter, prompts, rules, parse_tree(spec), reference)
-            rows.append({"drafter": name, "tree": spec, **row})
-            print(markdown_table(rows[-1:]).splitlines()[-1], flush=True)
-    print(f"\n{len(prompts)} held-out prompts, {args.max_new_tokens} new tokens, greedy; "
-          f"autoregressive target alone: {baseline_tps:.1f} tokens/s\n")
+    drafters = build_drafters(args)
+    rows, per_style = [], {}
+    for style in args.styles.split(","):
+        prompts = style_prompts(style, tokenizer, args.num_prompts, args.seed, args.corpus, args.min_prompt_tokens,
+                                args.max_prompt_tokens)
+        start = time.perf_counter()
+        reference = reference_outputs(target, prompts, rules)
+        baseline_tps = sum(map(len, reference)) / (time.perf_counter() - start)
+        per_style[style] = {"num_prompts": len(prompts), "autoregressive_tokens_per_s": baseline_tps}
+        for name, drafter in drafters.items():
+            for spec in args.trees.split(","):
+                row = evaluate(target, drafter, prompts, rules, parse_tree(spec), reference)
+                rows.append({"style": style, "drafter": name, "tree": spec, **row})
+                print(markdown_table(rows[-1:]).splitlines()[-1], flush=True)
+    counts = ", ".join(f"{style} {info['num_prompts']}" for style, info in per_style.items())
+    print(f"\nheld-out prompts ({counts}), {args.max_new_tokens} new tokens, greedy\n")
     print(markdown_table(rows))
     if args.json:
+        first = next(iter(per_style.values()))
         blob = {"machine": platform.platform(), "processor": platform.processor(), "num_threads": args.num_threads,
-                "num_prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
-                "autoregressive_tokens_per_s": baseline_tps, "args": vars(args), "results": rows}
+                "num_prompts": first["num_prompts"], "max_new_tokens": args.max_new_tokens,
+                "autoregressive_tokens_per_s": first["autoregressive_tokens_per_s"], "styles": per_style,
+                "args": vars(args), "results": rows}
         with open(args.json, "w") as handle:
             json.dump(blob, handle, indent=2)
 

@@ -16,6 +16,9 @@ temperature 0.
 | `--target` | `models/demo/target` | target HF checkpoint directory (Llama or Qwen2 family) |
 | `--tokenizer` | the target dir | tokenizer directory |
 | `--corpus` | `stdlib` | `stdlib`, a directory of text files, or a JSONL file ("text" or chat "messages" per line) |
+| `--extra-corpus` | none | a second corpus mixed into every batch (e.g. scripts/gen_distill_data.py's JSONL) |
+| `--extra-share` | 0.5 | share of each batch's windows drawn from `--extra-corpus` (rounded to whole windows) |
+| `--init` | none | start from this saved drafter's weights (fine-tuning; fresh optimizer, same shape) |
 | `--chat-template` | the tokenizer's | Jinja chat template file, for a tokenizer without one (needed for chat data) |
 | `--device` | `cpu` | `cpu`, `cuda` or `cuda:N`: where the target and the drafter run |
 | `--dtype` | `float32` | target dtype (`float32`, `bfloat16`, `float16`); `bfloat16` also autocasts the drafter |
@@ -85,8 +88,10 @@ from workers.training.csgd import CSGDConfig
 from workers.training.dataset import build_stream
 from workers.training.falcon_trainer import (
     FalconBatches,
+    MixedBatches,
     build_drafter,
     held_out_metrics,
+    init_from,
     load_frozen_target,
     make_step_fn,
     save_drafter,
@@ -105,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the target's)")
     data.add_argument("--corpus", default="stdlib",
                       help="'stdlib', a text-file directory or a JSONL file ('text' or chat 'messages' lines)")
+    data.add_argument("--extra-corpus", default=None, help="second training corpus mixed into every batch")
+    data.add_argument("--extra-share", type=float, default=0.5, help="share of each batch from --extra-corpus")
+    data.add_argument("--init", default=None, help="start from this saved drafter's weights")
     data.add_argument("--chat-template", default=None, help="Jinja chat template file (default: the tokenizer's)")
     data.add_argument("--out", default="models/demo/falcon", help="output drafter directory")
     data.add_argument("--num-layers", type=int, default=2, help="drafter decoder layers")
@@ -152,6 +160,24 @@ def tau_evaluation(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
     return evaluate(target, drafter, prompts, rules, parse_tree(args.eval_tree), reference)
 
 
+def training_batches(args: argparse.Namespace, tokenizer: Any) -> tuple[FalconBatches | MixedBatches, float]:
+    """Each step's windows (the corpus alone, or mixed with --extra-corpus) and the trained position share."""
+    stream = build_stream(tokenizer, read_corpus(args.corpus, "train"))
+    weights = stream.position_weights if stream.is_masked else None
+    if not args.extra_corpus:
+        return (FalconBatches(stream.ids, args.batch_size, args.seq_len, args.seed, weights),
+                float(stream.position_weights.float().mean()))
+    if not 0 < args.extra_share < 1:
+        raise SystemExit(f"--extra-share must be in (0, 1), got {args.extra_share}")
+    extra = build_stream(tokenizer, read_corpus(args.extra_corpus, "train"))
+    num_extra = min(max(round(args.batch_size * args.extra_share), 1), args.batch_size - 1)
+    parts = (FalconBatches(stream.ids, args.batch_size - num_extra, args.seq_len, args.seed, weights),
+             FalconBatches(extra.ids, num_extra, args.seq_len, args.seed + 7919, extra.position_weights))
+    share = (float(stream.position_weights.float().mean()) * (args.batch_size - num_extra)
+             + float(extra.position_weights.float().mean()) * num_extra) / args.batch_size
+    return MixedBatches(parts), share
+
+
 def held_out_windows(args: argparse.Namespace, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """[W, seq_len] held-out windows and their position weights (which predictions count)."""
     stream = build_stream(tokenizer, read_corpus(args.corpus, "held_out"))
@@ -165,18 +191,18 @@ def main(argv: list[str] | None = None) -> None:
     wall_start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.target)
     set_chat_template(tokenizer, args.chat_template)
-    train_stream = build_stream(tokenizer, read_corpus(args.corpus, "train"))
+    batches, trained_share = training_batches(args, tokenizer)
     held, held_weights = held_out_windows(args, tokenizer)
     precision = Precision(args.device, args.dtype)
     target = load_frozen_target(args.target, precision)
     model = build_drafter(args.target, target.config, args.num_layers, args.block_size, args.seed, precision)
+    if args.init:
+        init_from(model, args.init)
     config, csgd = cli.optim_config(args), csgd_config(args)
     optimizer = make_optimizer(model, config)
     meta = {k: v for k, v in vars(args).items() if k in _META_KEYS}
     ckpt = cli.checkpoint_path(args)
     state = load_checkpoint(ckpt, model, optimizer, meta) if args.resume and ckpt.exists() else TrainState()
-    weights = train_stream.position_weights if train_stream.is_masked else None
-    batches = FalconBatches(train_stream.ids, args.batch_size, args.seq_len, args.seed, weights)
     step_fn = make_step_fn(model, target, batches, csgd, precision)
     if args.compile:
         step_fn = torch.compile(step_fn)
@@ -193,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_s": round(state.elapsed_s, 1), "held_out": _last_eval(state),
         "tokens_per_s": round((state.step - start_step) * args.batch_size * args.seq_len / run_s, 1),
         **_memory_mb(args.device, loaded_bytes),
-        "trained_position_share": round(float(train_stream.position_weights.float().mean()), 4),
+        "trained_position_share": round(trained_share, 4),
         "args": vars(args), "history": state.history}
     if args.eval_prompts:
         report["tau_eval"] = tau_evaluation(args, tokenizer)
@@ -208,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(summary))
 
 
-_META_KEYS = ("target", "corpus", "num_layers", "block_size", "seq_len", "batch_size", "lr",
+_META_KEYS = ("target", "corpus", "extra_corpus", "extra_share", "init", "num_layers",
+              "block_size", "seq_len", "batch_size", "lr",
               "min_lr_ratio", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "feature_weight",
               "distill_weight", "glance_ratio", "no_glance", "smooth_l1_beta", "seed")
 

@@ -63,3 +63,38 @@ def recursive_rejection(p: torch.Tensor, candidates: torch.Tensor, q: torch.Tens
             q_left[token] = 0.0
     bonus = int(torch.multinomial(p.float(), 1, generator=generator))
     return -1, bonus
+
+
+def accept_with_candidates(tree: DraftTree, target_tokens: torch.Tensor,
+                           candidates: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
+    """MCSD's target-initialised candidates (opt-in, lossy): where the exact path stops, any child whose
+    token is among the target's top-W there is a candidate root, and the one whose branch the target
+    accepts longest is committed instead of the target's own choice.
+
+    target_tokens: [N+1] as for `accept_path`; candidates: [N+1, W] the target's W most likely tokens at
+    the root (row 0) and after each node. A candidate wins only when at least one node below it is
+    accepted (otherwise it would commit no more than the exact bonus). Returns (path, bonus, whether a
+    candidate other than the target's choice was committed). The choice is made after seeing the
+    continuations, so the output is not the target's distribution: see docs/design.md.
+    """
+    path, bonus = accept_path(tree, target_tokens)
+    if tree.num_nodes == 0:
+        return path, bonus, False
+    last = int(path[-1]) if path.numel() else -1
+    allowed = candidates[last + 1].to(tree.token_ids.device)
+    roots = torch.nonzero((tree.parents == last) & torch.isin(tree.token_ids, allowed)).flatten()
+    if roots.numel() == 0:
+        return path, bonus, False
+    is_match = tree.token_ids == target_tokens.to(tree.token_ids.device)[tree.parents + 1]  # [N]
+    ancestors = tree.ancestors()
+    best, best_gain = -1, 0
+    for root in roots.tolist():  # a handful of siblings
+        between = ancestors & ~ancestors[root][None, :]  # [N, N]: path nodes strictly below `root`
+        ok = ancestors[:, root] & ~(between & ~is_match[None, :]).any(dim=1)  # reachable by accepted nodes
+        gain = int((tree.depths[ok] - tree.depths[root]).max())  # accepted nodes below the candidate
+        if gain > best_gain:
+            deepest = int(torch.nonzero(ok & (tree.depths == tree.depths[root] + gain)).flatten()[0])
+            best, best_gain = deepest, gain
+    if best < 0:
+        return path, bonus, False
+    return torch.nonzero(ancestors[best]).flatten(), int(target_tokens[best + 1]), True

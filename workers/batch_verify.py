@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from protocol.params import SamplingParams
-from workers.acceptance import accept_path
+from workers.acceptance import accept_path, accept_with_candidates
 from workers.batch_mask import Row
 from workers.hidden_transfer import TransferMaps
 from workers.sampling import choose_tokens
@@ -30,6 +30,7 @@ class VerifyJob:
     root: int  # x[C-1]
     tree: DraftTree
     params: SamplingParams
+    num_candidates: int = 0  # speculation.target_candidates (lossy; 0 = exact)
     anchors: tuple[int, ...] = ()  # Hidden Transfer: entries (0 = root, 1 + i = node i) that get pseudo slots
 
 
@@ -39,6 +40,7 @@ class Verdict:
     bonus: int
     hidden: torch.Tensor  # [1 + n, H] last-layer states of root + nodes
     logits: torch.Tensor  # [1 + n, V] float32: row 0 after the root, row 1 + i after node i
+    off_top: bool = False  # a target candidate other than the target's choice was committed
     guesses: torch.Tensor | None = None  # [k, V] float32: the last accepted entry's slots, when it was an anchor
 
 
@@ -71,8 +73,13 @@ def verify_batch(target: TargetVerifier, cache: SlotCache, jobs: Sequence[Verify
         else:  # the token each row predicts sits at position C + depth
             positions = job.start + 1 + torch.cat([torch.zeros(1, dtype=torch.long), job.tree.depths])
             chosen = choose_tokens(row_logits, job.params, positions).cpu()
-        path, bonus = accept_path(job.tree, chosen)
-        verdicts.append(Verdict(path, bonus, flat[offset: offset + width], row_logits))
+        off_top = False
+        if job.num_candidates > 1 and job.tree.num_nodes:
+            candidates = row_logits.topk(min(job.num_candidates, row_logits.shape[-1]), dim=-1).indices.cpu()
+            path, bonus, off_top = accept_with_candidates(job.tree, chosen, candidates)
+        else:
+            path, bonus = accept_path(job.tree, chosen)
+        verdicts.append(Verdict(path, bonus, flat[offset: offset + width], row_logits, off_top))
         keep.append([0, *(1 + path).tolist()])
         offset += width
     cache.compact(slots, starts, keep)

@@ -1,4 +1,4 @@
-"""Hidden Transfer as the verifier's own draft source (docs/design.md §12.11).
+"""Hidden Transfer as the verifier's own draft source (docs/design.md §12.14).
 
 Before a verification: which entries of each row get pseudo slots. An entry is worth its slots only if it
 turns out to be the last accepted one (then its guesses become the next tree, under the bonus), so each

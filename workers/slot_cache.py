@@ -211,6 +211,14 @@ class SlotCache(Cache):
         for tensor in (*self.keys, *self.values):  # advanced index on dims 0 and 2: [M, kv_heads, D]
             tensor[slot_index, :, destination] = tensor[slot_index, :, source]
 
+    def copy_prefix(self, source: int, destination: int, length: int) -> None:
+        """Slot `destination` gets a copy of the first `length` positions of `source` (a shared prompt)."""
+        if not 0 <= length <= self.lengths[source]:
+            raise ValueError(f"slot {source} holds {self.lengths[source]} positions, cannot copy {length}")
+        for tensor in (*self.keys, *self.values):
+            tensor[destination, :, :length] = tensor[source, :, :length]
+        self.lengths[destination] = length
+
     def set_length(self, slot: int, length: int) -> None:
         """Rollback: the slot keeps its first `length` positions (nothing is copied)."""
         if not 0 <= length <= self.max_len:

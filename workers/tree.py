@@ -153,18 +153,37 @@ class DraftTree:
         return self.select(self.best_nodes(total_tokens, max_depth))
 
     def subtree(self, node: int) -> DraftTree:
-        """The nodes below `node`, re-rooted so that `node` becomes the root."""
-        below = self.ancestors()[:, node].clone()
-        below[node] = False
-        keep = torch.nonzero(below).flatten()  # ascending: topological order is kept
+        """The nodes below `node`, re-rooted so that `node` becomes the root.
+
+        Needs no ancestor matrix: a tree fresh from the wire is re-rooted in one pass over its parents (a
+        drafter's living tree has hundreds of nodes; its N x N matrix would cost more than the verification's
+        Python). Cached derived data is sliced, not rebuilt.
+        """
+        keep = self.descendants(node)  # ascending: topological order is kept
         new_index = torch.full((self.num_nodes,), ROOT, dtype=torch.long)
         new_index[keep] = torch.arange(keep.numel())
         parents = new_index[self.parents[keep]]  # children of `node` map to ROOT
         path_probs = None
         if self._path_probs is not None:  # below `node`, path probabilities are relative to it
             path_probs = self._path_probs[keep] / self._path_probs[node].clamp(min=1e-30)
+        ancestors = None if self._ancestors is None else self._ancestors[keep][:, keep]
         return DraftTree(self.token_ids[keep], parents, self.probs[keep], self.depths[keep] - self.depths[node],
-                         self.ancestors()[keep][:, keep], path_probs)
+                         ancestors, path_probs)
+
+    def descendants(self, node: int) -> torch.Tensor:
+        """[M] sorted indices of the nodes strictly below `node`."""
+        if self._ancestors is not None:
+            below = self._ancestors[:, node].clone()
+            below[node] = False
+            return torch.nonzero(below).flatten()
+        inside = [False] * self.num_nodes
+        inside[node] = True
+        found = []
+        for index, parent in enumerate(self.parents.tolist()[node + 1:], start=node + 1):  # parents come first
+            if parent >= 0 and inside[parent]:
+                inside[index] = True
+                found.append(index)
+        return torch.tensor(found, dtype=torch.long)
 
     def reroot(self, token_ids: Sequence[int]) -> DraftTree | None:
         """The tree below the node reached by following `token_ids` from the root (None when the tree

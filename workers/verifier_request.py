@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from protocol.drafts import MAX_TREE_NODES
+from protocol.logprobs import Logprobs
 from protocol.messages import Draft
 from protocol.params import SamplingParams
 from workers.hidden_source import HiddenState
@@ -34,6 +35,9 @@ class PrefillProgress:
     done: int = 0  # tokens cached so far
     features: list[torch.Tensor] = field(default_factory=list)  # per chunk, when the drafter reads them
     compute_s: float = 0.0
+    num_prompt_logprobs: int | None = None  # the prompt's log-probabilities are wanted (N alternatives)
+    prompt_logprobs: list[Logprobs] = field(default_factory=list)  # per chunk
+    donor: str = ""  # a sibling with the same prompt, still prefilling: wait, then copy its cache
 
     @property
     def remaining(self) -> int:
@@ -54,8 +58,11 @@ class VerifierRequest:
     want_features: bool
     max_length: int
     stop_token_ids: frozenset[int]
-    tree: DraftTree = field(default_factory=DraftTree.empty)  # rooted at committed[-1]
-    tree_source: str = "drafter"  # who made the held tree: the drafter, or the verifier's own lookup
+    tree: DraftTree = field(default_factory=DraftTree.empty)  # the drafter's newest tree, rooted at committed[-1]
+    # what the last verification drew its nodes from (the drafter's tree or the verifier's own lookup),
+    # whose verdicts teach the acceptance estimates; the drafter's tree stays held either way
+    chosen: DraftTree = field(default_factory=DraftTree.empty)
+    chosen_source: str = "drafter"
     pending: Draft | None = None  # the newest draft not looked at yet (decoded only when a verification starts)
     is_fresh: bool = False
     is_stopped: bool = False
@@ -64,6 +71,7 @@ class VerifierRequest:
     prefill: PrefillProgress | None = None  # chunks still to cache; not runnable until done
     verified_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # last choice
     lookup: LookupIndex | None = None  # n-grams of `committed` for the verifier's prompt lookup (built lazily)
+    num_logprobs: int | None = None  # send each committed token's log-probability and N alternatives
     hidden: HiddenState = field(default_factory=HiddenState)  # Hidden Transfer's guess tree and anchor pricing
 
     def __post_init__(self) -> None:
@@ -113,7 +121,7 @@ class VerifierRequest:
         if rerooted is None:
             self.num_drafts_dropped += 1
             return False
-        self.tree, self.tree_source = rerooted, "drafter"
+        self.tree = rerooted
         self.is_fresh = self.is_fresh or epoch == self.epoch
         return True
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from protocol.errors import ProtocolError, RequestError
+from protocol.logprobs import Logprobs
 from protocol.messages import (
     PROTOCOL_VERSION,
     Committed,
@@ -41,6 +42,7 @@ from workers.compiled_forward import CompiledForward, bucket
 from workers.cost_model import best_first_order, choose_width, expected_by_width, make_acceptance
 from workers.drafters.ngram import trie_from_rows
 from workers.hidden_source import HiddenSource
+from workers.logprobs import committed_rows, prompt_logprobs, token_logprobs
 from workers.lookup_index import LookupIndex
 from workers.sampling import choose_tokens
 from workers.slot_cache import CacheFullError, SlotCache
@@ -81,7 +83,7 @@ class VerifierWorker:
                  acceptance: str = "calibrated", max_tree_nodes: int = 64, local_lookup: bool = True,
                  max_running: int = 32, max_batch: int | None = None, max_length: int | None = None,
                  prefill_chunk: int = 256, compile_backend: str | Callable[..., Any] | None = None,
-                 hidden: HiddenSource | None = None) -> None:
+                 target_candidates: int = 0, hidden: HiddenSource | None = None) -> None:
         self.target = target
         self.worker_id = worker_id
         self.tokenizer_hash = tokenizer_hash
@@ -90,6 +92,7 @@ class VerifierWorker:
         self.max_tree_nodes = max_tree_nodes
         self.max_batch = max(1, min(max_batch or max_running, max_running))
         self.prefill_chunk = prefill_chunk
+        self.target_candidates = target_candidates  # MCSD's candidate roots (lossy); 0 = exact
         # a slot holds `capacity` committed tokens plus scratch for root + the largest tree
         self.capacity = min(max_length or target.max_positions, target.max_positions)
         self.hidden = hidden  # Hidden Transfer: pseudo slots in the verification forward (workers/hidden_source.py)
@@ -110,8 +113,8 @@ class VerifierWorker:
         self.compute_s = 0.0
         self.counters = {"num_verifications": 0, "num_drafts": 0, "num_drafts_dropped": 0, "num_nodes_verified": 0,
                          "num_drafts_malformed": 0, "num_lookups": 0, "num_batches": 0, "num_prefill_chunks": 0,
-                         "num_failed": 0, "num_hidden_trees": 0, "num_hidden_verifications": 0,
-                         "num_hidden_accepted": 0}
+                         "num_failed": 0, "num_prefixes_shared": 0, "num_hidden_trees": 0,
+                         "num_hidden_verifications": 0, "num_hidden_accepted": 0}
         self._order: list[str] = []  # round-robin order of request ids
         self._prefill_turn = True  # prefill chunks and verifications alternate while both are due
 
@@ -205,14 +208,50 @@ class VerifierWorker:
                                   min(message.max_tree_nodes, self.max_tree_nodes), message.mode,
                                   message.want_features, max_length, frozenset(message.stop_token_ids))
         request.is_fresh = not message.sample_next  # a resync: no draft is owed, so sync mode steps once alone
+        request.num_logprobs = message.num_logprobs
         cached = message.token_ids if message.sample_next else message.token_ids[:-1]
-        request.prefill = PrefillProgress(list(cached), message.epoch, message.sample_next)
+        request.prefill = PrefillProgress(list(cached), message.epoch, message.sample_next,
+                                          num_prompt_logprobs=message.num_prompt_logprobs)
+        request.prefill.donor = self._donor(message, request)
         self.requests[message.request_id] = request
         if message.request_id not in self._order:
             self._order.append(message.request_id)
         if not cached:  # a one-token resync: nothing to cache
             return [self._prefilled(message.request_id, request)]
         return []
+
+    def _donor(self, message: Prefill, request: VerifierRequest) -> str:
+        """The sibling whose prompt this new request will copy once cached, or '' (prefill alone)."""
+        donor = self.requests.get(message.prefix_from) if message.prefix_from else None
+        if donor is None or donor.prefill is None or not message.sample_next \
+                or donor.prefill.token_ids != message.token_ids or donor.want_features != request.want_features:
+            return ""
+        return message.prefix_from
+
+    def _share_prompt(self, donor_id: str, donor: VerifierRequest, progress: PrefillProgress) -> None:
+        """The donor's prompt is cached: every sibling waiting for it copies all but its last position
+        (that one runs as the sibling's own one-token chunk, giving the state its first token is drawn from)."""
+        for request in self.requests.values():
+            waiting = request.prefill
+            if waiting is None or waiting.donor != donor_id:
+                continue
+            waiting.donor = ""
+            num = len(waiting.token_ids) - 1
+            if waiting.done or num <= 0:
+                continue
+            self.cache.copy_prefix(donor.slot, request.slot, num)
+            waiting.done = num
+            if request.want_features:
+                waiting.features = [torch.cat(progress.features)[:num]]
+            self.counters["num_prefixes_shared"] += 1
+
+    def _waits(self, progress: PrefillProgress) -> bool:
+        """A sibling waits while its donor is still prefilling; a donor gone or failed: it prefills alone."""
+        donor = self.requests.get(progress.donor) if progress.donor else None
+        if donor is None or donor.prefill is None:
+            progress.donor = ""
+            return False
+        return True
 
     def _offer(self, message: Draft) -> None:
         request = self.requests.get(message.request_id)
@@ -267,12 +306,16 @@ class VerifierWorker:
         for request_id in request_ids:
             progress = self.requests[request_id].prefill
             assert progress is not None
+            if self._waits(progress):
+                continue
             take = min(progress.remaining, budget)
             if take <= 0:
                 break
             rows.append((request_id, progress, take))
             budget -= take
         replies: list[Message] = []
+        if not rows:
+            return replies
         try:
             with tracer.span("prefill", rows=len(rows), tokens=self.prefill_chunk - budget):
                 hidden = prefill_batch(self.target, self.cache, [self.requests[r].slot for r, _, _ in rows],
@@ -285,6 +328,9 @@ class VerifierWorker:
         self.counters["num_prefill_chunks"] += 1
         elapsed = (time.perf_counter() - start) / len(rows)
         for (request_id, progress, take), states in zip(rows, hidden, strict=True):
+            if progress.num_prompt_logprobs is not None:
+                progress.prompt_logprobs.append(prompt_logprobs(self.target.logits(states), progress.token_ids,
+                                                                progress.done, progress.num_prompt_logprobs))
             progress.done += take
             progress.compute_s += elapsed
             request = self.requests[request_id]
@@ -299,14 +345,20 @@ class VerifierWorker:
         progress = request.prefill
         assert progress is not None
         request.prefill = None
+        self._share_prompt(request_id, request, progress)
         tokens: list[int] = []
+        logprobs = None
         if progress.sample_next:
             logits = self.target.logits(progress.features[-1][-1:])[0]
             position = torch.tensor([len(progress.token_ids)])
             tokens = [int(choose_tokens(logits[None], request.params, position)[0])]
+            if request.num_logprobs is not None:
+                logprobs = token_logprobs(logits[None], tokens, request.num_logprobs)
             request.commit(tokens)
         features = torch.cat(progress.features) if request.want_features and progress.features else None
-        return self._committed(request_id, progress.epoch, tokens, 0, 0, features, progress.compute_s)
+        prompt = Logprobs.concat(progress.prompt_logprobs) if progress.num_prompt_logprobs is not None else None
+        return self._committed(request_id, progress.epoch, tokens, 0, 0, features, progress.compute_s,
+                               logprobs=logprobs, prompt_logprobs=prompt)
 
     def _fail(self, request_id: str, err: Exception) -> Failed:
         """A request that cannot go on: it stops here (its slot is freed on Release); the others go on."""
@@ -328,7 +380,7 @@ class VerifierWorker:
         with tracer.span("choose", rows=len(requests)):
             trees = self._choose_batch(requests)
         anchors = self._anchors(requests, trees) if self.hidden is not None else [()] * len(requests)
-        jobs = [VerifyJob(r.slot, r.epoch - 1, r.committed[-1], tree, r.params, a)
+        jobs = [VerifyJob(r.slot, r.epoch - 1, r.committed[-1], tree, r.params, self.target_candidates, a)
                 for r, tree, a in zip(requests, trees, anchors, strict=True)]
         width = 1 + max(tree.num_nodes for tree in trees)
         context = max(r.epoch for r in requests)
@@ -356,9 +408,9 @@ class VerifierWorker:
                compute_s: float) -> Committed:
         epoch, tree = request.epoch, job.tree
         tokens = [*tree.token_ids[verdict.path].tolist(), verdict.bonus]
-        self._learn(request, tree, tokens, (request.params.is_greedy, request.tree_source))
+        self._learn(request, tree, tokens, (request.params.is_greedy, request.chosen_source))
         is_hit = request.commit(tokens)
-        if request.tree_source == "hidden" and tree.num_nodes:
+        if request.chosen_source == "hidden" and tree.num_nodes:
             self.counters["num_hidden_verifications"] += 1
             self.counters["num_hidden_accepted"] += int(verdict.path.numel())
         if verdict.guesses is not None and self.hidden is not None:  # the next tree, under the bonus
@@ -366,9 +418,13 @@ class VerifierWorker:
             request.hidden.epoch = request.epoch
             self.counters["num_hidden_trees"] += 1
         features = committed_features(verdict.hidden, verdict.path) if request.want_features else None
+        logprobs = None
+        if request.num_logprobs is not None:  # the verification's own logits: no extra forward
+            logprobs = token_logprobs(verdict.logits[committed_rows(verdict.path)], tokens, request.num_logprobs)
         self.counters["num_verifications"] += 1
         self.counters["num_nodes_verified"] += tree.num_nodes
-        return self._committed(request_id, epoch, tokens, tree.max_depth, tree.num_nodes, features, compute_s, is_hit)
+        return self._committed(request_id, epoch, tokens, tree.max_depth, tree.num_nodes, features, compute_s, is_hit,
+                               logprobs, off_top=verdict.off_top)
 
     def _learn(self, request: VerifierRequest, verified: DraftTree, tokens: list[int], key: tuple[bool, str]) -> None:
         """Feed the acceptance estimates every verdict this verification settled, verified or not.
@@ -378,7 +434,7 @@ class VerifierWorker:
         verification of no node teaches the estimates about depth 1. Verified nodes deeper than that
         were rejected (an ancestor was). Deeper unverified nodes are unknown and left out.
         """
-        held = request.tree
+        held = request.chosen
         if held.num_nodes == 0:
             return
         on_path = torch.zeros(held.num_nodes, dtype=torch.bool)
@@ -430,7 +486,7 @@ class VerifierWorker:
         room = self.target.max_positions - request.epoch  # the deepest node must stay inside the model's context
         found = []
         if request.tree.num_nodes:
-            found.append(self._candidate(request, request.tree, request.tree_source, room))
+            found.append(self._candidate(request, request.tree, "drafter", room))
         if self.local_lookup:  # a fresh lookup, also when the held tree is an older (used-up) lookup
             lookup = self._look_up(request)
             if lookup is not None:
@@ -446,7 +502,7 @@ class VerifierWorker:
     def _anchors(self, requests: list[VerifierRequest], trees: list[DraftTree]) -> list[tuple[int, ...]]:
         """Which entries of each row get Hidden Transfer slots in this forward (workers/hidden_source.py)."""
         assert self.hidden is not None
-        estimates = [self.acceptance[(r.params.is_greedy, r.tree_source)].estimate(t)
+        estimates = [self.acceptance[(r.params.is_greedy, r.chosen_source)].estimate(t)
                      for r, t in zip(requests, trees, strict=True)]
         costs = self.cost.table(len(requests), max(r.epoch for r in requests)) if self.cost.is_known else None
         room = [self.target.max_positions - r.epoch - self.hidden.num_offsets - 1 for r in requests]
@@ -465,9 +521,10 @@ class VerifierWorker:
         """The request verifies `num` best nodes of `candidate`, which it now holds (None: no node)."""
         if candidate is None:
             request.verified_index = torch.zeros(0, dtype=torch.long)
+            request.chosen = DraftTree.empty()
             return DraftTree.empty()
         num = min(num, len(candidate.order))
-        request.tree, request.tree_source = candidate.tree, candidate.source
+        request.chosen, request.chosen_source = candidate.tree, candidate.source
         request.verified_index = candidate.order[:num]
         if num == 0:
             request.num_empty_choices += 1
@@ -485,10 +542,13 @@ class VerifierWorker:
         return trie_from_rows(rows)
 
     def _committed(self, request_id: str, epoch: int, tokens: list[int], depth: int, num_nodes: int,
-                   features: torch.Tensor | None, compute_s: float, is_hit: bool = False) -> Committed:
+                   features: torch.Tensor | None, compute_s: float, is_hit: bool = False,
+                   logprobs: Logprobs | None = None, prompt_logprobs: Logprobs | None = None,
+                   off_top: bool = False) -> Committed:
         self.compute_s += compute_s
         blob = to_blob(features.float()) if features is not None else None
-        return Committed(request_id, epoch, tokens, depth, blob, compute_s, num_nodes, is_hit)
+        return Committed(request_id, epoch, tokens, depth, blob, compute_s, num_nodes, is_hit, logprobs,
+                         prompt_logprobs, off_top)
 
 
 def fingerprint(vocab_size: int, hidden_size: int, tokenizer_hash: str, model_name: str) -> dict[str, Any]:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("method", "cores / threads", "tokens/s", "ms/token p50 (p90)", "speedup", "speedup vs 1 core", "τ",
-           "verifier busy", "re-root hits", "drafter steps / verif.", "peak RSS MB (c+v+d)", "= reference")
+           "verifier busy", "re-root hits", "drafter idle", "drafter steps / verif.", "peak RSS MB (c+v+d)",
+           "= reference")
 
 
 def fmt(value: float | None, pattern: str = "{:.2f}", suffix: str = "") -> str:
@@ -40,11 +41,12 @@ def table_row(row: dict[str, Any]) -> str:
     else:
         steps_text = fmt(steps)
     rss = "+".join(f"{v:.0f}" for v in row["peak_rss_mb"].values()) or "—"
-    lossless = {True: "yes", False: "**no**", None: "—"}[row["lossless"]]
+    lossless = "lossy" if row.get("lossy") else {True: "yes", False: "**no**", None: "—"}[row["lossless"]]
     cells = [row["method"], placement_text(row["placement"]), fmt(row["tokens_per_s"], "{:.1f}"),
              f"{fmt(lat['p50'], '{:.1f}')} ({fmt(lat['p90'], '{:.1f}')})",
              fmt(row["speedup_vs_generate"], suffix="x"), fmt(row["speedup_vs_generate_1core"], suffix="x"),
-             fmt(row["tau"]), fmt(row["verifier_busy_fraction"]), fmt(row["reroot_hit_rate"]), steps_text, rss,
+             fmt(row["tau"]), fmt(row["verifier_busy_fraction"]), fmt(row["reroot_hit_rate"]),
+             fmt(row.get("drafter_idle_fraction")), steps_text, rss,
              lossless]
     return "| " + " | ".join(cells) + " |"
 

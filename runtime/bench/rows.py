@@ -44,6 +44,7 @@ def method_row(run: MethodRun, base_rate: float | None, base_1core_rate: float |
         "acceptance_per_depth": spec["acceptance_per_depth"],
         "verifier_busy_fraction": metrics.get("verifier_busy_fraction"),
         "reroot_hit_rate": metrics.get("reroot_hit_rate"),
+        "drafter_idle_fraction": metrics.get("drafter_idle_fraction"),
         "drafter_steps_per_verification": m.per_verification(drafter_steps, verifications),
         "background_steps_per_verification": m.per_verification(metrics.get("drafter_background_steps"),
                                                                 verifications),

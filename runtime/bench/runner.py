@@ -28,6 +28,8 @@ def all_methods(drafters: tuple[str, ...], peers: tuple[str, ...], one_core: boo
     names = [name for peer in peers for name in ((peer, peer + ONE_CORE) if one_core else (peer,))]
     names.append("tandem-off")
     names += [tandem.method_name(mode, kind) for kind in drafters for mode in ("sync", "async")]
+    names += [tandem.method_name("async", variant) for variant, (kind, _, _) in tandem.VARIANTS.items()
+              if kind is None or kind in drafters]
     return names
 
 
@@ -114,8 +116,9 @@ def _run_one(plan: Plan, name: str, models: PeerModels, settings: BenchSettings,
         cores = plan.one_core if name.endswith(ONE_CORE) else plan.cores
         return run_peer(name, models, settings, cores, on_request)
     mode, kind = tandem.parse_method(name)
+    kind, sections, _ = tandem.VARIANTS.get(kind or "", (kind, {}, False))
     drafter = tandem.drafter_section(plan.base, kind, plan.drafters[kind]) if kind else None
-    path = tandem.write_variant(plan.base, tmp, name, mode, drafter, settings.max_new_tokens)
+    path = tandem.write_variant(plan.base, tmp, name, mode, drafter, settings.max_new_tokens, sections=sections)
     try:
         return tandem.run_tandem(name, path, settings, on_request)
     except (OSError, ValueError, RuntimeError) as exc:  # TandemError included; one method's failure is a row
@@ -151,7 +154,10 @@ def payload(plan: Plan, settings: BenchSettings, runs: dict[str, MethodRun],
             reference = base.outputs if base and not base.error else None
         else:  # sampled: Tandem's seeded draw gives the same tokens whatever the drafter or mode
             reference = off.outputs if off and not off.error and method_run.kind == "tandem" else None
-        table.append(rows.method_row(method_run, base_rate, base_1_rate, reference))
+        is_lossy = method_run.kind == "tandem" and tandem.VARIANTS.get(
+            tandem.parse_method(method_run.name)[1] or "", (None, {}, False))[2]
+        row = rows.method_row(method_run, base_rate, base_1_rate, None if is_lossy else reference)
+        table.append({**row, "lossy": True} if is_lossy else row)
     notes = list(plan.notes)
     if base_rate and base_1_rate and base_1_rate > base_rate:
         notes.append(f"hf-generate was faster on 1 core than on {len(plan.cores)} ({base_1_rate:.1f} vs "

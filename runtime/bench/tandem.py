@@ -22,6 +22,11 @@ from runtime.config_schema import LimitsConfig
 from runtime.launch import Deployment, free_port
 
 MODES = ("off", "sync", "async")
+# methods that are a drafter plus settings elsewhere in the YAML: name -> (drafter kind or None, sections to merge,
+# lossy?). A lossy method's output is not compared with the reference: the table says "lossy".
+VARIANTS: dict[str, tuple[str | None, dict[str, dict[str, Any]], bool]] = {
+    "falcon-cand3": ("falcon", {"speculation": {"target_candidates": 3}}, True),
+}
 PLACEMENT_KEYS = ("dtype", "device", "cpu_affinity", "num_threads", "attn_implementation")
 CLIENT_TIMEOUT_S = 900.0
 
@@ -52,10 +57,12 @@ def drafter_section(base: dict[str, Any], kind: str, keys: dict[str, Any]) -> di
 
 
 def write_variant(base: dict[str, Any], out_dir: Path, name: str, mode: str, drafter: dict[str, Any] | None,
-                  max_new_tokens: int, concurrency: int = 1) -> Path:
+                  max_new_tokens: int, concurrency: int = 1, sections: dict[str, dict[str, Any]] | None = None) -> Path:
     """The YAML of one method: base config, this mode and drafter, free ports, room for the request, and for
-    `concurrency` requests running on the verifier at once (the load mode)."""
-    data = {k: v for k, v in base.items() if k != "drafter"}
+    `concurrency` requests running on the verifier at once (the load mode); `sections` are merged in (VARIANTS)."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items() if k != "drafter"}
+    for section, keys in (sections or {}).items():
+        data[section] = {**(data.get(section) or {}), **keys}
     data.setdefault("speculation", {})["mode"] = mode
     if drafter is not None:
         data["drafter"] = drafter

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -18,12 +18,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from protocol.errors import TandemError
-from protocol.messages import Chunk
 from runtime.http.errors import ApiError, from_tandem
 from runtime.http.metrics import CONTENT_TYPE
-from runtime.http.responses import Shape, sse
+from runtime.http.responses import Answer, Shape, sse
 from runtime.http.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
-from runtime.http.service import TandemService
+from runtime.http.service import Opened, TandemService, merged
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that hung up
 
@@ -43,15 +42,19 @@ def build_app(service: TandemService) -> FastAPI:
     @v1.post("/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         _check(service, body)
-        prompt_ids = service.prompt_ids(body.single_prompt())
-        return await _answer(service, request, Shape(False, service.model_name), body, prompt_ids, body.max_tokens)
+        prompts = body.prompts()
+        prompt_ids = [service.prompt_ids(p) for p in prompts]
+        echo = [service.prompt_text(p) for p in prompts] if body.echo else None
+        answer = Answer(Shape(False, service.model_name), service.token_text, prompt_ids, body.n, body.num_logprobs,
+                        echo, body.include_usage)
+        return await _answer(service, request, answer, body)
 
     @v1.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         _check(service, body)
-        prompt_ids = service.chat_prompt_ids(body.messages)
-        max_new = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        return await _answer(service, request, Shape(True, service.model_name), body, prompt_ids, max_new)
+        answer = Answer(Shape(True, service.model_name), service.token_text, [service.chat_prompt_ids(body.messages)],
+                        body.n, body.num_logprobs, include_usage=body.include_usage)
+        return await _answer(service, request, answer, body)
 
     @v1.get("/models")
     async def models() -> dict[str, Any]:
@@ -79,30 +82,28 @@ def build_app(service: TandemService) -> FastAPI:
 def _check(service: TandemService, body: SamplingFields) -> None:
     body.check_supported()
     service.check_model(body.model)
+    service.check_max_tokens(body.max_new_tokens, body.max_tokens_field)
 
 
-async def _answer(service: TandemService, request: Request, shape: Shape, body: SamplingFields,
-                  prompt_ids: list[int], max_new_tokens: int | None) -> Response:
+async def _answer(service: TandemService, request: Request, answer: Answer, body: SamplingFields) -> Response:
     await service.check_ready()
-    first, chunks = await service.open_stream(prompt_ids, body.params(max_new_tokens))
+    streams = await service.open_streams(answer.prompts, body.params(), body.field_names())
     if body.stream:
-        return StreamingResponse(_events(shape, first, chunks, len(prompt_ids), body.include_usage),
-                                 media_type="text/event-stream")
-    collecting = asyncio.ensure_future(_collect(first, chunks))
+        return StreamingResponse(_events(answer, streams), media_type="text/event-stream")
+    collecting = asyncio.ensure_future(_collect(answer, streams))
     hang_up = asyncio.ensure_future(_hang_up(request))
     await asyncio.wait({collecting, hang_up}, return_when=asyncio.FIRST_COMPLETED)
     hang_up.cancel()
     if not collecting.done():  # the client hung up: cancel the request, as a stream's hang-up does
-        collecting.cancel()  # inside `chunks`: the AsyncClient stream sends Cancel on its way out
+        collecting.cancel()  # inside the streams: each AsyncClient stream sends Cancel on its way out
         with contextlib.suppress(asyncio.CancelledError):
             await collecting
         return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; logs show why
     try:
-        text, num_tokens, last = collecting.result()
+        collecting.result()
     except TandemError as err:
-        raise from_tandem(err) from err
-    return JSONResponse(shape.response(text, last.finish_reason or "stop", len(prompt_ids), num_tokens,
-                                       last.stats or {}))
+        raise from_tandem(err, body.field_names()) from err
+    return JSONResponse(answer.response())
 
 
 async def _hang_up(request: Request) -> None:
@@ -111,36 +112,23 @@ async def _hang_up(request: Request) -> None:
         pass
 
 
-async def _collect(first: Chunk, chunks: AsyncGenerator[Chunk, None]) -> tuple[str, int, Chunk]:
-    """A whole non-streamed answer: its text, token count and last chunk."""
-    texts, num_tokens, last = [first.text], len(first.token_ids), first
-    async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            texts.append(chunk.text)
-            num_tokens += len(chunk.token_ids)
-            last = chunk
-    return "".join(texts), num_tokens, last
+async def _collect(answer: Answer, streams: list[Opened]) -> None:
+    """A whole non-streamed answer: every chunk of every prompt into `answer`."""
+    async with contextlib.aclosing(merged(streams)) as chunks:
+        async for prompt, chunk in chunks:
+            answer.add(prompt, chunk)
 
 
-async def _events(shape: Shape, first: Chunk, chunks: AsyncGenerator[Chunk, None], num_prompt_tokens: int,
-                  include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events ending in `data: [DONE]`; a client that hangs up cancels the request (the
-    task is cancelled inside `chunks`, whose AsyncClient stream then sends Cancel)."""
-    num_tokens = 0
-
-    def event(chunk: Chunk, is_first: bool) -> str:
-        nonlocal num_tokens
-        num_tokens += len(chunk.token_ids)
-        stats = (chunk.stats or {}) if chunk.finish_reason is not None else None
-        return sse(shape.chunk(chunk.text, chunk.finish_reason, stats, is_first, include_usage))
-
+async def _events(answer: Answer, streams: list[Opened]) -> AsyncIterator[str]:
+    """Server-sent events ending in `data: [DONE]`; a client that hangs up cancels the request (the task is
+    cancelled inside the streams, whose AsyncClient streams then send Cancel)."""
     try:
-        yield event(first, True)
-        async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
-                yield event(chunk, False)
-        if include_usage:
-            yield sse(shape.usage_chunk(num_prompt_tokens, num_tokens))
+        async with contextlib.aclosing(merged(streams)) as chunks:
+            async for prompt, chunk in chunks:
+                for event in answer.add(prompt, chunk):
+                    yield sse(event)
+        if answer.include_usage:
+            yield sse(answer.usage_chunk())
     except TandemError as err:  # after the first chunk the status is sent: the error goes in the stream
         yield sse(from_tandem(err).body())
     yield sse("[DONE]")

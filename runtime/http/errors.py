@@ -31,9 +31,13 @@ def bad_field(param: str, message: str) -> ApiError:
     return ApiError(400, message, "invalid_request_error", param, "invalid_value")
 
 
-def from_tandem(err: TandemError) -> ApiError:
-    """The HTTP meaning of an error from the coordinator or the client library."""
-    if isinstance(err, (RequestError, ConfigError)):  # ConfigError here: no chat template configured
+def from_tandem(err: TandemError, names: dict[str, str] | None = None) -> ApiError:
+    """The HTTP meaning of an error from the coordinator or the client library; `names` maps the `Generate`
+    field a RequestError names to the field the user sent (`max_new_tokens` -> `max_tokens`)."""
+    if isinstance(err, RequestError):
+        param = (names or {}).get(err.param, err.param) if err.param else None
+        return ApiError(400, str(err), "invalid_request_error", param, "bad_request")
+    if isinstance(err, ConfigError):  # here: no chat template configured
         return ApiError(400, str(err), "invalid_request_error", None, "bad_request")
     if isinstance(err, OverloadedError):
         return ApiError(429, str(err), "rate_limit_error", None, "overloaded")

@@ -11,6 +11,7 @@ import torch
 
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
+from protocol.logprobs import Logprobs
 from protocol.messages import ALL_MESSAGES, Blob, Committed, Draft, Generate, Hello
 from workers.tree import ROOT, DraftTree
 from workers.wire import from_blob, to_blob, tree_blobs, tree_from_blobs
@@ -63,6 +64,16 @@ def test_every_message_type_has_a_unique_tag() -> None:
                      "features": {"__blob__": 0, "dtype": "float32", "shape": [4]}}), b"123"], "needs 16"),
     ([msgpack.packb({"type": "committed", "request_id": "r", "epoch": 1, "token_ids": [], "tree_depth": 0,
                      "features": {"__blob__": 0, "dtype": "complex", "shape": [1]}}), b"1234"], "dtype"),
+    ([msgpack.packb({"type": "chunk", "request_id": "r", "token_ids": [], "text": "", "logprobs": [1]})],
+     "Logprobs map"),
+    ([msgpack.packb({"type": "chunk", "request_id": "r", "token_ids": [], "text": "",
+                     "logprobs": {"token_ids": [1], "logprobs": [0.0], "top_ids": [[1]]}})], "missing field"),
+    ([msgpack.packb({"type": "chunk", "request_id": "r", "token_ids": [], "text": "",
+                     "logprobs": {"token_ids": [1], "logprobs": [0.0], "top_ids": [["a"]], "top_logprobs": [[0]]}})],
+     "top_ids"),
+    ([msgpack.packb({"type": "chunk", "request_id": "r", "token_ids": [], "text": "",
+                     "logprobs": {"token_ids": [1, 2], "logprobs": [0.0], "top_ids": [], "top_logprobs": []}})],
+     "differ in length"),
 ])
 def test_malformed_input_is_named(frames: list[bytes], reason: str) -> None:
     with pytest.raises(ProtocolError, match=reason):
@@ -85,6 +96,15 @@ def test_header_decodes_without_torch() -> None:
             "m = decode(encode(Generate('r', prompt_ids=[1, 2]))); print('torch' in sys.modules, m.prompt_ids)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False [1, 2]"
+
+
+def test_logprobs_round_trip_as_a_nested_record() -> None:
+    logprobs = Logprobs([4, 9], [-0.5, -1.25], [[4, 7], [3, 9]], [[-0.5, -2.0], [-0.75, -1.25]])
+    message = Committed("r", 3, [4, 9], 1, logprobs=logprobs, prompt_logprobs=Logprobs.empty())
+    back = decode(encode(message))
+    assert back == message and isinstance(back, Committed) and back.logprobs is not None
+    assert back.logprobs.head(1) == Logprobs([4], [-0.5], [[4, 7]], [[-0.5, -2.0]])
+    assert back.logprobs.top(1) == [(3, -0.75), (9, -1.25)]
 
 
 def test_hello_round_trip() -> None:

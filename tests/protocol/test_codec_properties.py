@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
+from protocol.logprobs import Logprobs
 from protocol.messages import ALL_MESSAGES, DTYPE_SIZES, Blob, Message
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -32,6 +33,16 @@ def blobs(draw: st.DrawFn) -> Blob:
                                              max_size=DTYPE_SIZES[dtype] * math.prod(shape))))
 
 
+@st.composite
+def logprobs(draw: st.DrawFn) -> Logprobs:
+    length, num_top = draw(st.integers(0, 4)), draw(st.integers(0, 3))
+    floats = st.floats(allow_nan=False)
+    return Logprobs(draw(st.lists(INT64, min_size=length, max_size=length)),
+                    draw(st.lists(floats, min_size=length, max_size=length)),
+                    [draw(st.lists(INT64, min_size=num_top, max_size=num_top)) for _ in range(length)],
+                    [draw(st.lists(floats, min_size=num_top, max_size=num_top)) for _ in range(length)])
+
+
 def for_hint(hint: Any) -> st.SearchStrategy[Any]:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -42,7 +53,7 @@ def for_hint(hint: Any) -> st.SearchStrategy[Any]:
         return st.dictionaries(st.text(max_size=6), VALUES, max_size=4)
     simple: dict[Any, st.SearchStrategy[Any]] = {
         str: st.text(max_size=12), int: INT64, float: st.floats(allow_nan=False), bool: st.booleans(),
-        Blob: blobs(), Any: VALUES}
+        Blob: blobs(), Logprobs: logprobs(), Any: VALUES}
     return simple[hint]
 
 

@@ -40,7 +40,8 @@ class Launcher:
         self.address = self.config.coordinator.client_address
         self.log = log_path.open("wb")
         self.process = subprocess.Popen([sys.executable, str(SCRIPTS / "launch.py"), "--config", str(config_path)],
-                                        stdout=subprocess.PIPE, stderr=self.log)
+                                        stdout=subprocess.PIPE, stderr=self.log,  # this checkout's code:
+                                        env={**os.environ, "PYTHONPATH": str(SCRIPTS.parent)})
         self.ready = threading.Event()
         threading.Thread(target=self._read_stdout, daemon=True).start()
 

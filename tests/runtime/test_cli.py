@@ -8,9 +8,19 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from protocol.errors import WorkerDeadError
 from runtime import cli
+from runtime.builders import load_tokenizer
+from runtime.client import Client
 from runtime.config import DEFAULT_CONFIG_PATH, REPO_ROOT, TandemConfig
+from runtime.config_overrides import write_effective
+from runtime.launch import free_port
+from tests.models import hf_greedy
+from workers.hf_model import load_causal_lm
+
+PROMPT = "def fibonacci(n):"
 
 RECORDER = '''
 import json, sys
@@ -75,3 +85,29 @@ def test_the_real_scripts_run_under_tandem() -> None:
                          cwd=REPO_ROOT, check=False)
     assert out.returncode == 0 and "--role" in out.stdout
     assert set(cli.COMMANDS) == {"serve", "launch", "generate", "bench", "train-drafter", "coordinator", "worker"}
+
+
+def test_generate_without_a_deployment_says_how_to_start_one(capsys: pytest.CaptureFixture[str],
+                                                             tmp_path: Path) -> None:
+    """Nothing listens at the address: a hint from the probe, not the request's own timeout (set far away)."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    code = cli.main(["generate", "hi", "--set", f"coordinator.client_address={address}", "--timeout-s", "600",
+                     "--probe-timeout-s", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and f"nothing answers at {address}" in err
+    assert "tandem launch" in err and "--local" in err
+    with pytest.raises(WorkerDeadError, match="tandem launch"):
+        Client.from_config(str(write_effective(DEFAULT_CONFIG_PATH, [f"coordinator.client_address={address}"],
+                                               tmp_path / "c.yaml")), probe_timeout_s=1)
+
+
+def test_generate_local_runs_the_pipeline_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    """--local needs no deployment: the demo target's greedy answer, through Engine (verifier only here)."""
+    assert cli.main(["generate", PROMPT, "--local", "--max-new-tokens", "8", "--set", "speculation.mode=off"]) == 0
+    out = capsys.readouterr()
+    config = TandemConfig.load(DEFAULT_CONFIG_PATH)
+    tokenizer = load_tokenizer(config.verifier.model)
+    model = load_causal_lm(config.verifier.model, torch.float32, "cpu", "sdpa")
+    expected = hf_greedy(model, tokenizer(PROMPT)["input_ids"], 8)
+    assert out.out == tokenizer.decode(expected, skip_special_tokens=True)
+    assert "[finish: length]" in out.err

@@ -3,6 +3,7 @@ a client or worker without a key (or with a key the coordinator does not list) i
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -72,7 +73,8 @@ def test_worker_without_a_key_is_refused(setup: tuple[Deployment, Path]) -> None
     with Client.from_config(deployment.config_path, timeout_s=30) as client:
         before = refused(client.metrics())
         worker = subprocess.Popen([sys.executable, str(SCRIPTS / "worker.py"), "--config", str(plain),
-                                   "--role", "drafter", "--id", "keyless"], stderr=subprocess.DEVNULL)
+                                   "--role", "drafter", "--id", "keyless"], stderr=subprocess.DEVNULL,
+                                  env={**os.environ, "PYTHONPATH": str(SCRIPTS.parent)})
         try:
             deadline = time.monotonic() + 120
             while refused(metrics := client.metrics()) == before and time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,8 @@ def test_mismatched_drafter_is_refused_naming_both_sides(models: dict[str, Path]
         deployment.start_worker("verifier")
         deployment.wait_ready(120, roles=("verifier",))
         drafter = subprocess.run([sys.executable, str(SCRIPTS / "worker.py"), "--config", str(config),
-                                  "--role", "drafter"], capture_output=True, text=True, timeout=120)
+                                  "--role", "drafter"], capture_output=True, text=True, timeout=120,
+                                 env={**os.environ, "PYTHONPATH": str(SCRIPTS.parent)})  # this checkout's code
         assert drafter.returncode == 2
         assert "vocab_size mismatch" in drafter.stderr and "80" in drafter.stderr and "96" in drafter.stderr
         with Client(deployment.config.coordinator.client_address, timeout_s=30) as client:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.stats import chi_square_pvalue
-from workers.acceptance import accept_path, recursive_rejection
+from workers.acceptance import accept_path, accept_with_candidates, recursive_rejection
 from workers.sampling import SamplingParams, choose_tokens
 from workers.tree import ROOT, DraftTree
 
@@ -71,3 +71,40 @@ def test_vectorised_acceptance_matches_recursive_rule_in_law() -> None:
         path, bonus = accept_path(tree, choice)
         counts[int(tree.token_ids[path[0]]) if path.numel() else bonus] += 1
     assert chi_square_pvalue(counts, _target()) > 1e-3
+
+
+def _candidates_tree() -> DraftTree:
+    # root children: 10 (node 0), 11 (node 1); 11 -> 20 (2) -> 30 (3); 10 -> 21 (4)
+    return DraftTree.from_lists([10, 11, 20, 30, 21], [ROOT, ROOT, 1, 2, 0], [0.5] * 5)
+
+
+def test_target_candidate_with_the_longest_accepted_branch_is_committed() -> None:
+    tree = _candidates_tree()
+    target = torch.tensor([12, 99, 20, 30, 40, 7])  # the target's choice at the root (12) is no child
+    top3 = torch.tensor([[12, 11, 10]] + [[t, 1, 2] for t in target[1:].tolist()])
+    exact_path, exact_bonus = accept_path(tree, target)
+    assert exact_path.tolist() == [] and exact_bonus == 12
+    path, bonus, off_top = accept_with_candidates(tree, target, top3)
+    assert (path.tolist(), bonus, off_top) == ([1, 2, 3], 40, True)  # 11, then 20 and 30 accepted, bonus 40
+    # 11 outside the top 2: only 10 is a candidate, and nothing below it is accepted -> the exact result
+    top2 = torch.tensor([[12, 10]] + [[t, 1] for t in target[1:].tolist()])
+    path, bonus, off_top = accept_with_candidates(tree, target, top2)
+    assert (path.tolist(), bonus, off_top) == ([], 12, False)
+
+
+def test_target_candidates_of_width_one_are_the_exact_rule() -> None:
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        n = int(torch.randint(1, 20, (1,), generator=generator))
+        parents = [ROOT] + [int(torch.randint(-1, i, (1,), generator=generator)) for i in range(1, n)]
+        tree = DraftTree.from_lists(torch.randint(0, 4, (n,), generator=generator).tolist(), parents, [0.5] * n)
+        target = torch.randint(0, 4, (n + 1,), generator=generator)
+        exact = accept_path(tree, target)
+        path, bonus, off_top = accept_with_candidates(tree, target, target[:, None])
+        assert (path.tolist(), bonus, off_top) == (exact[0].tolist(), exact[1], False)
+        wide = accept_with_candidates(tree, target, torch.stack([target, (target + 1) % 4, (target + 2) % 4], 1))
+        assert wide[0].numel() >= exact[0].numel()  # never commits less
+        assert wide[2] == (wide[0].numel() > exact[0].numel())
+        if wide[0].numel():  # a root-to-node path in depth order
+            assert tree.depths[wide[0]].tolist() == list(range(1, wide[0].numel() + 1))
+            assert bool(tree.ancestors()[wide[0][-1]][wide[0]].all())

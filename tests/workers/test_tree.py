@@ -78,3 +78,21 @@ def test_follow() -> None:
 def test_batch_internal_parents() -> None:
     tree = DraftTree.empty().add(torch.tensor([ROOT, 0, 1]), torch.tensor([5, 6, 7]), torch.ones(3))
     assert tree.depths.tolist() == [1, 2, 3]
+
+
+def test_subtree_without_the_ancestor_matrix_equals_the_sliced_one() -> None:
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        n = int(torch.randint(2, 60, (1,), generator=generator))
+        parents = [ROOT] + [int(torch.randint(-1, i, (1,), generator=generator)) for i in range(1, n)]
+        tree = DraftTree.from_lists(torch.randint(0, 50, (n,), generator=generator).tolist(), parents,
+                                    torch.rand(n, generator=generator).tolist())
+        node = int(torch.randint(0, n, (1,), generator=generator))
+        fresh = tree.subtree(node)  # no matrix built: one pass over the parents
+        assert tree._ancestors is None
+        tree.ancestors()
+        sliced = tree.subtree(node)  # the cached matrix, sliced
+        for name in ("token_ids", "parents", "probs", "depths"):
+            assert torch.equal(getattr(fresh, name), getattr(sliced, name))
+        assert torch.equal(fresh.ancestors(), sliced.ancestors())
+        assert fresh.num_nodes == int(tree.ancestors()[:, node].sum()) - 1

@@ -6,6 +6,7 @@ saved to disk. Devices and dtypes: workers/training/precision.py.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
-from workers.drafters.falcon_model import FalconConfig, FalconDrafterModel, load_target_head
+from workers.drafters.falcon_model import CONFIG_FILE, WEIGHTS_FILE, FalconConfig, FalconDrafterModel, load_target_head
 from workers.hf_model import load_causal_lm
 from workers.training.csgd import CSGDConfig, Targets, build_layout, csgd_loss
 from workers.training.lm import SAVE_DTYPES
@@ -45,6 +47,16 @@ def build_drafter(target_dir: str | Path, target_config: Any, num_layers: int, b
     return model.train()
 
 
+def init_from(model: FalconDrafterModel, drafter_dir: str | Path) -> None:
+    """Start from a saved drafter's weights (fine-tuning); its shape must equal `model`'s."""
+    path = Path(drafter_dir)
+    saved = FalconConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+    if saved != model.config:
+        raise ValueError(f"--init {path}: its config {saved} differs from the drafter being trained {model.config}")
+    weights = load_file(path / WEIGHTS_FILE)
+    model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
+
+
 @dataclass(frozen=True)
 class FalconBatches:
     """Training windows of `seq_len` tokens (seq_len - 1 pairs) drawn per step from `stream`, with the
@@ -61,7 +73,34 @@ class FalconBatches:
         return self.stream[index], None if self.weights is None else self.weights[index]
 
 
-def make_step_fn(model: FalconDrafterModel, target: Any, batches: FalconBatches, config: CSGDConfig,
+@dataclass(frozen=True)
+class MixedBatches:
+    """Each step's windows drawn from several streams, a fixed number of windows per stream (e.g. 4 of 8
+    from the corpus and 4 from self-distillation data); weights are all True where a part has none."""
+
+    parts: tuple[FalconBatches, ...]
+
+    def __post_init__(self) -> None:
+        if not self.parts or len({p.seq_len for p in self.parts}) != 1:
+            raise ValueError("MixedBatches needs at least one part, all with the same seq_len")
+
+    @property
+    def seq_len(self) -> int:
+        return self.parts[0].seq_len
+
+    @property
+    def seed(self) -> int:
+        return self.parts[0].seed
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        drawn = [part(step) for part in self.parts if part.batch_size > 0]
+        if all(weights is None for _, weights in drawn):
+            return torch.cat([w for w, _ in drawn]), None
+        return (torch.cat([w for w, _ in drawn]),
+                torch.cat([torch.ones_like(w, dtype=torch.bool) if m is None else m for w, m in drawn]))
+
+
+def make_step_fn(model: FalconDrafterModel, target: Any, batches: FalconBatches | MixedBatches, config: CSGDConfig,
                  precision: Precision = CPU) -> Callable[[int], StepOutput]:
     """The loop's `step_fn`: features of the frozen target, then the CSGD loss of one batch."""
     layout = build_layout(batches.seq_len - 1, model.config.block_size)

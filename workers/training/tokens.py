@@ -29,6 +29,8 @@ def encode_stream(tokenizer: Any, docs: Sequence[Document]) -> torch.Tensor:
 
 def encode_documents(tokenizer: Any, docs: Sequence[Document]) -> list[list[int]]:
     """Each plain-text document's token ids (no special tokens); chat records go through dataset.build_stream."""
+    if any(d.is_ids for d in docs):
+        raise ValueError("token-id records need workers.training.dataset.build_stream (scripts/train_drafter.py)")
     chats = [d.name for d in docs if d.is_chat]
     if chats:
         raise ValueError(f"chat records ({len(chats)}, e.g. {chats[0]!r}) need the chat template: only "

@@ -43,3 +43,11 @@ def test_a_faster_one_core_generate_is_pointed_out() -> None:
     assert len(notes) == 1 and "faster on 1 core than on 2" in notes[0]
     del runs["hf-generate (1 core)"]
     assert payload(_plan(), BenchSettings([[5]]), runs, None)["notes"] == []
+
+
+def test_a_lossy_variant_is_marked_lossy_not_compared() -> None:
+    runs = {"hf-generate": _run("hf-generate", "peer", [1, 2], 1.0),
+            "tandem-async-falcon-cand3": _run("tandem-async-falcon-cand3", "tandem", [1, 3], 0.5)}
+    rows = {r["method"]: r for r in payload(_plan(), BenchSettings([[5]]), runs, None)["rows"]}
+    assert rows["tandem-async-falcon-cand3"]["lossless"] is None and rows["tandem-async-falcon-cand3"]["lossy"]
+    assert "lossy" not in rows["hf-generate"]

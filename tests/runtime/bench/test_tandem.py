@@ -23,8 +23,11 @@ def test_method_names_round_trip() -> None:
 def test_all_methods_and_selection() -> None:
     names = all_methods(("falcon", "ngram"), ("hf-generate", "hf-assisted"), one_core=True)
     assert names == ["hf-generate", "hf-generate (1 core)", "hf-assisted", "hf-assisted (1 core)", "tandem-off",
-                     "tandem-sync-falcon", "tandem-async-falcon", "tandem-sync-ngram", "tandem-async-ngram"]
-    assert select_methods("tandem-async-*", names) == ["hf-generate", "tandem-async-falcon", "tandem-async-ngram"]
+                     "tandem-sync-falcon", "tandem-async-falcon", "tandem-sync-ngram", "tandem-async-ngram",
+                     "tandem-async-falcon-cand3"]
+    assert select_methods("tandem-async-*", names) == ["hf-generate", "tandem-async-falcon", "tandem-async-ngram",
+                                                       "tandem-async-falcon-cand3"]
+    assert "tandem-async-falcon-cand3" not in all_methods(("ngram",), ("hf-generate",), one_core=False)
     assert select_methods(None, names) == names
     with pytest.raises(ValueError, match="'medusa' matches no method"):
         select_methods("tandem-off,medusa", names)
@@ -88,3 +91,15 @@ def test_tracing_sets_the_folder_for_child_processes_and_restores_it(tmp_path: P
     with tandem.tracing(tmp_path):
         assert os.environ[ENV_VAR] == str(tmp_path)
     assert os.environ[ENV_VAR] == "/elsewhere"
+
+
+def test_variant_sections_are_merged_into_the_method_config(tmp_path: Path) -> None:
+    base = tandem.base_data(str(REPO_ROOT / "configs/demo.yaml"))
+    kind, sections, is_lossy = tandem.VARIANTS["falcon-cand3"]
+    drafter = tandem.drafter_section(base, "falcon", {"model": str(REPO_ROOT / "models/demo/falcon")})
+    path = tandem.write_variant(base, tmp_path, "tandem-async-falcon-cand3", "async", drafter, 64, sections=sections)
+    config = TandemConfig.load(str(path))
+    assert (kind, is_lossy) == ("falcon", True)
+    assert config.speculation.target_candidates == 3 and config.speculation.mode == "async"
+    assert config.speculation.tree == TandemConfig.load(str(REPO_ROOT / "configs/demo.yaml")).speculation.tree
+    assert "target_candidates" not in base["speculation"]  # the base is not changed

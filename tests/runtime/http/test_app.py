@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from protocol.errors import OverloadedError, RequestTimeoutError, TandemError, WorkerDeadError
+from protocol.errors import OverloadedError, RequestError, RequestTimeoutError, TandemError, WorkerDeadError
+from protocol.logprobs import Logprobs
 from protocol.messages import Chunk
 from runtime.builders import load_tokenizer
 from runtime.config import DEFAULT_CONFIG_PATH, TandemConfig
@@ -122,14 +123,32 @@ def test_fields_become_generation_params(http: TestClient, scripted: ScriptedCli
 
 
 @pytest.mark.parametrize(("body", "param"), [({"prompt": "x", "presence_penalty": 0.5}, "presence_penalty"),
-                                             ({"prompt": ["a", "b"]}, "prompt"),
+                                             ({"prompt": []}, "prompt"),
                                              ({"prompt": "x", "top_p": 0}, "top_p"),
-                                             ({"prompt": "x", "echo": True}, "echo"),
+                                             ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+                                             ({"prompt": "x", "max_tokens": 10**6}, "max_tokens"),
+                                             ({"prompt": "x", "logprobs": 21}, "logprobs"),
+                                             ({"prompt": "x", "n": 2, "best_of": 3}, "best_of"),
+                                             ({"prompt": "x", "n": 0}, "n"),
                                              ({"prompt": "x", "model": "other"}, "model"),
                                              ({}, "prompt")])
 def test_bad_fields_are_named(http: TestClient, body: dict[str, Any], param: str) -> None:
     response = http.post("/v1/completions", json=body)
     assert response.status_code in (400, 404) and error_of(response)["param"] == param
+
+
+@pytest.mark.parametrize(("body", "param"), [({"logprobs": False, "top_logprobs": 2}, "top_logprobs"),
+                                             ({"max_completion_tokens": 10**6}, "max_completion_tokens"),
+                                             ({"max_tokens": 0}, "max_tokens")])
+def test_bad_chat_fields_are_named(http: TestClient, body: dict[str, Any], param: str) -> None:
+    response = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], **body})
+    assert response.status_code == 400 and error_of(response)["param"] == param
+
+
+def test_a_coordinator_error_names_the_field_the_user_sent(http: TestClient, scripted: ScriptedClient) -> None:
+    scripted.error = RequestError("max_new_tokens must be an integer in [1, 8], got 9", "max_new_tokens")
+    response = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 9})
+    assert response.status_code == 400 and error_of(response)["param"] == "max_tokens"
 
 
 def test_chat_uses_the_configured_template_and_needs_one(http: TestClient, scripted: ScriptedClient,
@@ -144,3 +163,77 @@ def test_chat_uses_the_configured_template_and_needs_one(http: TestClient, scrip
     prompt_ids, params = scripted.calls[-1]
     assert prompt_ids == tokenizer("### user:\nhi\n\n### assistant:\n", add_special_tokens=False)["input_ids"]
     assert params.max_new_tokens == 4
+
+
+def logprobs_of(token_ids: list[int], base: float = -0.5) -> Logprobs:
+    """Made-up logprobs: token t has base - t / 100; its alternatives are itself and token 3."""
+    values = [base - t / 100 for t in token_ids]
+    return Logprobs(token_ids, values, [[t, 3] for t in token_ids], [[v, v - 1] for v in values])  # 3: '!'
+
+
+def test_completion_logprobs_with_echo(http: TestClient, scripted: ScriptedClient, tokenizer: Any) -> None:
+    prompt_ids = tokenizer("def f():")["input_ids"]
+    scripted.chunks = [Chunk("r", [7, 8], "ab", logprobs=logprobs_of([7, 8]),
+                             prompt_logprobs=logprobs_of(prompt_ids[1:])),
+                       Chunk("r", [9], "c", "length", STATS, logprobs=logprobs_of([9]))]
+    response = http.post("/v1/completions", json={"prompt": "def f():", "echo": True, "logprobs": 2, "max_tokens": 3})
+    assert response.status_code == 200
+    assert scripted.calls[-1][1].logprobs == 2 and scripted.calls[-1][1].prompt_logprobs == 2
+    choice = response.json()["choices"][0]
+    assert choice["text"] == "def f():abc"
+    logprobs = choice["logprobs"]
+    ids = [*prompt_ids, 7, 8, 9]
+    assert logprobs["tokens"] == [tokenizer.decode([t]) for t in ids]
+    assert logprobs["token_logprobs"] == [None, *logprobs_of(ids[1:]).logprobs]
+    assert logprobs["top_logprobs"][0] is None
+    assert logprobs["top_logprobs"][-1] == {tokenizer.decode([9]): -0.59, tokenizer.decode([3]): -0.59 - 1}
+    assert logprobs["text_offset"] == [sum(len(t) for t in logprobs["tokens"][:i]) for i in range(len(ids))]
+    scoring = http.post("/v1/completions", json={"prompt": [5, 6, 7], "echo": True, "max_tokens": 0})
+    assert scoring.status_code == 200 and scripted.calls[-1][1].prompt_logprobs == 0  # max_tokens 0 scores
+
+
+def test_n_and_prompt_batches_make_choices_in_order(http: TestClient, scripted: ScriptedClient) -> None:
+    scripted.chunks = [Chunk("r", [7], "a", index=1), Chunk("r", [8], "b", index=0),
+                       Chunk("r", [9, 9], "cc", "length", STATS, index=1), Chunk("r", [], "", "stop", STATS, index=0)]
+    response = http.post("/v1/completions", json={"prompt": [[5, 6], [7, 8, 9]], "n": 2, "seed": 1})
+    assert response.status_code == 200 and scripted.calls[-1][1].n == 2
+    out = response.json()
+    assert [(c["index"], c["text"], c["finish_reason"]) for c in out["choices"]] == [
+        (0, "b", "stop"), (1, "acc", "length"), (2, "b", "stop"), (3, "acc", "length")]
+    assert out["usage"] == {"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13}
+    assert all(c["tandem"] == STATS for c in out["choices"])
+
+
+def test_streamed_echo_waits_for_the_prompts_logprobs(http: TestClient, scripted: ScriptedClient) -> None:
+    """Sample 1's chunk arrives first, but every choice starts with the prompt's logprobs that sample 0 brings."""
+    scripted.chunks = [Chunk("r", [7], "a", "length", STATS, index=1, logprobs=logprobs_of([7])),
+                       Chunk("r", [8], "b", "length", STATS, index=0, logprobs=logprobs_of([8]),
+                             prompt_logprobs=logprobs_of([6]))]
+    body = {"prompt": [5, 6], "n": 2, "echo": True, "logprobs": 1, "stream": True,
+            "stream_options": {"include_usage": True}}
+    response = http.post("/v1/completions", json=body)
+    events = [json.loads(line.removeprefix("data: ")) for line in response.text.splitlines()
+              if line and line != "data: [DONE]"]
+    assert [e["choices"][0]["index"] for e in events[:2]] == [0, 1]
+    for event in events[:2]:
+        assert event["choices"][0]["logprobs"]["token_logprobs"][:2] == [None, logprobs_of([6]).logprobs[0]]
+    assert events[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+
+
+def test_chat_logprobs_shape(scripted: ScriptedClient, tokenizer: Any) -> None:
+    scripted.chunks = [Chunk("r", [7, 8], "ab", logprobs=logprobs_of([7, 8])),
+                       Chunk("r", [9], "c", "length", STATS, logprobs=logprobs_of([9]))]
+    body = {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 2}
+    with serve(scripted, tokenizer) as templated:
+        response = templated.post("/v1/chat/completions", json=body)
+        streamed = templated.post("/v1/chat/completions", json={**body, "stream": True})
+    assert response.status_code == 200 and scripted.calls[-1][1].logprobs == 2
+    content = response.json()["choices"][0]["logprobs"]["content"]
+    token = tokenizer.decode([9])
+    assert content[-1] == {"token": token, "logprob": -0.59, "bytes": list(token.encode()),
+                           "top_logprobs": [{"token": token, "logprob": -0.59, "bytes": list(token.encode())},
+                                            {"token": tokenizer.decode([3]), "logprob": -0.59 - 1,
+                                             "bytes": list(tokenizer.decode([3]).encode())}]}
+    events = [json.loads(line.removeprefix("data: ")) for line in streamed.text.splitlines()
+              if line and line != "data: [DONE]"]
+    assert [c for e in events for c in e["choices"][0]["logprobs"]["content"]] == content

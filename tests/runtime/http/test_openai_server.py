@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import torch
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -22,6 +23,7 @@ from runtime.config import REPO_ROOT
 from runtime.engine import Engine
 from runtime.launch import Deployment, free_port
 from runtime.results import GenerationParams
+from workers.hf_model import load_causal_lm
 
 KEY = "test-key"
 PROMPT = "def fibonacci(n):"
@@ -139,15 +141,16 @@ def test_stop_strings_and_max_tokens(base_url: str, reference: dict[str, Any]) -
 
 def test_bad_fields_keys_and_models_get_openai_errors(base_url: str) -> None:
     client = sdk(base_url)
-    with pytest.raises(openai.BadRequestError) as bad_n:
-        client.completions.create(model="demo", prompt=PROMPT, max_tokens=4, n=2)
-    assert bad_n.value.status_code == 400 and isinstance(bad_n.value.body, dict)
-    assert bad_n.value.body["param"] == "n" and bad_n.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as bad_best_of:
+        client.completions.create(model="demo", prompt=PROMPT, max_tokens=4, n=2, best_of=3)
+    assert bad_best_of.value.status_code == 400 and isinstance(bad_best_of.value.body, dict)
+    assert bad_best_of.value.body["param"] == "best_of" and bad_best_of.value.body["type"] == "invalid_request_error"
     with pytest.raises(openai.BadRequestError) as bad_temperature:
         client.chat.completions.create(model="demo", messages=MESSAGES, temperature=-1)
     assert isinstance(bad_temperature.value.body, dict) and bad_temperature.value.body["param"] == "temperature"
-    with pytest.raises(openai.BadRequestError, match="max_new_tokens"):  # the coordinator's own check
+    with pytest.raises(openai.BadRequestError, match="max_tokens") as too_long:  # named as the user sent it
         client.completions.create(model="demo", prompt=PROMPT, max_tokens=100000)
+    assert isinstance(too_long.value.body, dict) and too_long.value.body["param"] == "max_tokens"
     with pytest.raises(openai.AuthenticationError) as bad_key:
         sdk(base_url, key="wrong").completions.create(model="demo", prompt=PROMPT, max_tokens=4)
     assert bad_key.value.status_code == 401
@@ -160,6 +163,82 @@ def test_bad_fields_keys_and_models_get_openai_errors(base_url: str) -> None:
     assert [m.id for m in client.models.list()] == ["demo"]
     health = httpx.get(f"{base_url}/health")  # no key needed
     assert health.status_code == 200 and health.json()["workers"]["verifier"] == 1
+
+
+@pytest.fixture(scope="module")
+def target_model() -> Any:
+    return load_causal_lm(str(TARGET), torch.float32, "cpu", "sdpa")
+
+
+def forward_log_probs(model: Any, ids: list[int]) -> torch.Tensor:
+    """log_softmax of a plain transformers forward (fp32): row p is the distribution of token p + 1."""
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+
+
+def test_completion_logprobs_and_echo_equal_a_plain_forward(base_url: str, target_model: Any) -> None:
+    """What lm-eval's loglikelihood requests send (echo + logprobs, max_tokens 1 and 0, token ids as prompt)."""
+    tokenizer = load_tokenizer(str(TARGET))
+    prompt_ids = tokenizer(PROMPT)["input_ids"]
+    client = sdk(base_url)
+    out = client.completions.create(model="demo", prompt=[prompt_ids], max_tokens=4, temperature=0, echo=True,
+                                    logprobs=3)
+    choice = out.choices[0]
+    assert choice.logprobs is not None and choice.text.startswith(PROMPT)
+    ids = prompt_ids + tokenizer(choice.text[len(PROMPT):], add_special_tokens=False)["input_ids"]
+    assert len(choice.logprobs.tokens) == len(ids) == len(prompt_ids) + 4
+    reference = forward_log_probs(target_model, ids)
+    assert choice.logprobs.token_logprobs[0] is None and choice.logprobs.top_logprobs[0] is None
+    want = reference[range(len(ids) - 1), ids[1:]]
+    torch.testing.assert_close(torch.tensor(choice.logprobs.token_logprobs[1:]), want, atol=1e-5, rtol=0)
+    for position, top in enumerate(choice.logprobs.top_logprobs[1:]):
+        best = reference[position].topk(3)
+        assert {tokenizer.decode([int(t)]) for t in best.indices} <= set(top)
+        assert max(top.values()) == pytest.approx(float(best.values[0]), abs=1e-5)
+    assert choice.logprobs.text_offset[:2] == [0, len(choice.logprobs.tokens[0])]
+    scored = client.completions.create(model="demo", prompt=[prompt_ids], max_tokens=0, echo=True, logprobs=0)
+    assert scored.choices[0].text == PROMPT and scored.usage is not None and scored.usage.completion_tokens == 0
+    assert scored.choices[0].logprobs is not None
+    assert scored.choices[0].logprobs.token_logprobs == choice.logprobs.token_logprobs[:len(prompt_ids)]
+
+
+def test_chat_logprobs_streamed_and_not(base_url: str, target_model: Any) -> None:
+    client = sdk(base_url)
+    out = client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=6, temperature=0.8, seed=5,
+                                         logprobs=True, top_logprobs=2)
+    content = out.choices[0].logprobs.content if out.choices[0].logprobs else None
+    assert content is not None and len(content) == out.usage.completion_tokens  # type: ignore[union-attr]
+    assert all(len(c.top_logprobs) == 2 and c.top_logprobs[0].logprob >= c.logprob - 1e-6 for c in content)
+    assert "".join(c.token for c in content) == out.choices[0].message.content
+    chunks = list(client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=6, temperature=0.8,
+                                                 seed=5, logprobs=True, top_logprobs=2, stream=True))
+    streamed = [c for chunk in chunks if chunk.choices and chunk.choices[0].logprobs
+                for c in chunk.choices[0].logprobs.content or []]
+    assert [(c.token, c.logprob) for c in streamed] == [(c.token, c.logprob) for c in content]
+
+
+def test_n_samples_with_a_seed(base_url: str) -> None:
+    client = sdk(base_url)
+    first = client.completions.create(model="demo", prompt=PROMPT, max_tokens=8, temperature=1.0, seed=11, n=4,
+                                      logprobs=0)
+    again = client.completions.create(model="demo", prompt=PROMPT, max_tokens=8, temperature=1.0, seed=11, n=4)
+    assert [c.index for c in first.choices] == [0, 1, 2, 3]
+    assert [c.text for c in first.choices] == [c.text for c in again.choices]
+    assert len({c.text for c in first.choices}) > 1
+    single = client.completions.create(model="demo", prompt=PROMPT, max_tokens=8, temperature=1.0, seed=11)
+    assert single.choices[0].text == first.choices[0].text  # sample 0 keeps the seed
+    assert first.usage is not None and single.usage is not None
+    assert first.usage.prompt_tokens == single.usage.prompt_tokens  # the prompt counts once
+    assert first.usage.completion_tokens == sum(len(c.logprobs.tokens) for c in first.choices if c.logprobs)
+    chat = client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=4, temperature=1.0, seed=2,
+                                          n=3, stream=True, stream_options={"include_usage": True})
+    texts = ["", "", ""]
+    usage = None
+    for chunk in chat:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+        usage = chunk.usage or usage
+    assert usage is not None and usage.completion_tokens <= 12 and all(texts)
 
 
 def test_overloaded_queue_is_429(deployment: Deployment, base_url: str) -> None:

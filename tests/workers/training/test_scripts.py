@@ -11,8 +11,8 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[3] / "scripts"
 
 
-@pytest.mark.parametrize("name", ["train_tokenizer", "train_target", "train_drafter", "eval_drafters", "train_hidden",
-                                  "eval_hidden"])
+@pytest.mark.parametrize("name", ["train_tokenizer", "train_target", "train_drafter", "eval_drafters",
+                                  "gen_distill_data", "train_hidden", "eval_hidden"])
 def test_every_flag_is_in_the_docstring_table(name: str) -> None:
     if str(SCRIPTS) not in sys.path:
         sys.path.insert(0, str(SCRIPTS))  # importable as top-level modules, as `python scripts/x.py` runs them
