@@ -101,7 +101,7 @@ def _jobs(model: Any, cache: Any, verifier: TargetVerifier, anchors: list[tuple[
     slots = [cache.allocate() for _ in lengths]
     prefill_batch(verifier, cache, slots, [0] * 4, [t[:-1] for t in texts])
     trees = [random_tree(n, 96, seed=i) if n else DraftTree.empty() for i, n in enumerate(sizes)]
-    return [VerifyJob(s, len(t) - 1, t[-1], tree, SamplingParams(), a)
+    return [VerifyJob(s, len(t) - 1, t[-1], tree, SamplingParams(), anchors=a)
             for s, t, tree, a in zip(slots, texts, trees, anchors, strict=True)]
 
 
