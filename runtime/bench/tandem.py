@@ -17,14 +17,17 @@ from protocol.trace import ENV_VAR
 from runtime.bench.records import BenchSettings, MethodRun, RequestRecord
 from runtime.bench.sampler import ProcessSampler
 from runtime.client import Client
-from runtime.config import TandemConfig
+from runtime.config import REPO_ROOT, TandemConfig
 from runtime.config_schema import LimitsConfig
 from runtime.launch import Deployment, free_port
 
 MODES = ("off", "sync", "async")
 # methods that are a drafter plus settings elsewhere in the YAML: name -> (drafter kind or None, sections to merge,
 # lossy?). A lossy method's output is not compared with the reference: the table says "lossy".
+HIDDEN = {"verifier": {"hidden_transfer": str(REPO_ROOT / "models" / "demo" / "hidden")}}
 VARIANTS: dict[str, tuple[str | None, dict[str, dict[str, Any]], bool]] = {
+    "hidden": (None, HIDDEN, False),  # Hidden Transfer alone: the verifier drafts for itself
+    "falcon-hidden": ("falcon", HIDDEN, False),
     "falcon-cand3": ("falcon", {"speculation": {"target_candidates": 3}}, True),
 }
 PLACEMENT_KEYS = ("dtype", "device", "cpu_affinity", "num_threads", "attn_implementation")

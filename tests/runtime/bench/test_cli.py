@@ -14,7 +14,8 @@ def test_list_methods_names_every_peer_and_tandem_method(capsys: pytest.CaptureF
         "hf-generate", "hf-generate (1 core)", "hf-prompt-lookup", "hf-prompt-lookup (1 core)", "hf-assisted",
         "hf-assisted (1 core)", "tandem-off", "tandem-sync-falcon", "tandem-async-falcon", "tandem-sync-model",
         "tandem-async-model", "tandem-sync-ngram", "tandem-async-ngram", "tandem-sync-useless",
-        "tandem-async-useless", "tandem-async-falcon-cand3"]
+        "tandem-async-useless", "tandem-async-hidden", "tandem-async-falcon-hidden",
+        "tandem-async-falcon-cand3"]
 
 
 def test_scale_mode_refuses_sampling() -> None:
