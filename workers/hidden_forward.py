@@ -57,10 +57,13 @@ class PrefixKV:
     """A read-only stand-in for a cache in training: each layer's attention sees the real keys / values of
     the whole window (computed once, no grad), then the slots' own."""
 
-    def __init__(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
-        self.keys, self.values = list(keys), list(values)
+    def __init__(self, keys: Sequence[torch.Tensor | None], values: Sequence[torch.Tensor | None]) -> None:
+        self.keys, self.values = list(keys), list(values)  # None for layers the slots never pass
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.cat([self.keys[layer_idx].to(key_states.dtype), key_states], dim=2),
-                torch.cat([self.values[layer_idx].to(value_states.dtype), value_states], dim=2))
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if keys is None or values is None:
+            raise ValueError(f"no real keys and values kept for layer {layer_idx}")
+        return (torch.cat([keys.to(key_states.dtype), key_states], dim=2),
+                torch.cat([values.to(value_states.dtype), value_states], dim=2))

@@ -39,7 +39,8 @@ class FixedSlots(nn.Module):
 def layer_states(model: Any, ids: list[int]) -> torch.Tensor:
     """[S, H] the real states after the first LAYER decoder layers."""
     with torch.no_grad():
-        return model(torch.tensor([ids]), output_hidden_states=True).hidden_states[LAYER][0]
+        states: torch.Tensor = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[LAYER][0]
+    return states
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -67,7 +68,7 @@ def test_training_slot_fed_the_real_state_is_the_real_row(arch: str) -> None:
 def test_verify_slot_fed_the_real_state_is_the_real_row(arch: str) -> None:
     """On the slot cache: a chain tree's anchor at depth d, with slots fed the chain's real states at depths
     d + 1 .., gives the logits of those nodes' own rows (positions, prefix and ancestors seen right)."""
-    extra = {"sliding_window": 12} if arch == "mistral" else {}
+    extra: dict[str, Any] = {"sliding_window": 12} if arch == "mistral" else {}
     model = tiny_model(arch, num_layers=3, **extra)
     verifier = TargetVerifier(model)
     cache = slot_cache(model)
@@ -81,8 +82,8 @@ def test_verify_slot_fed_the_real_state_is_the_real_row(arch: str) -> None:
         prefill_batch(verifier, cache, [slot], [0], [text[:-1]])
         fed = states[19 + anchor + 1: 19 + anchor + 1 + K][None, None]  # [1, 1, k, H]
         job = VerifyJob(slot, 19, text[-1], tree, SamplingParams(), anchors=(anchor,))
-        real, pseudo = verifier.forward_rows_pseudo(cache, [slot], [19], [_row(job)], FixedSlots(config, fed),
-                                                    [job.anchors])
+        maps: Any = FixedSlots(config, fed)
+        real, pseudo = verifier.forward_rows_pseudo(cache, [slot], [19], [_row(job)], maps, [job.anchors])
         logits = verifier.logits(pseudo[0])
         expected = verifier.logits(real[0, anchor + 1: anchor + 1 + K])
         assert torch.allclose(logits, expected, atol=1e-4)

@@ -70,7 +70,7 @@ def test_greedy_output_equals_generate(mode: str, drafter: str | None) -> None:
 
 @pytest.mark.parametrize("arch", ["qwen2", "mistral"])
 def test_greedy_output_equals_generate_other_architectures(arch: str) -> None:
-    extra = {"sliding_window": 12} if arch == "mistral" else {}
+    extra: dict[str, Any] = {"sliding_window": 12} if arch == "mistral" else {}
     model = tiny_model(arch, seed=3, num_layers=3, **extra)
     run = engine(model, "async", None)
     ids = prompt(30, 4)

@@ -80,7 +80,7 @@ def hidden_loss(model: Any, maps: TransferMaps, ids: torch.Tensor, weights: torc
     mask = torch.zeros(visible.shape, dtype=dtype, device=ids.device).masked_fill(~visible, torch.finfo(dtype).min)
     stands_for = anchors[:, None] + 1 + torch.arange(k, device=ids.device)[None, :]  # [A, k] positions
     out = run_layers(decoder, pseudo, decoder_layers(decoder)[layer:], mask[None, None].expand(batch, 1, -1, -1),
-                     stands_for.flatten()[None].expand(batch, -1), PrefixKV(frozen.keys, frozen.values))  # type: ignore[arg-type]
+                     stands_for.flatten()[None].expand(batch, -1), PrefixKV(frozen.keys, frozen.values))
     logits = model.get_output_embeddings()(decoder.norm(out)).float().unflatten(1, (num, k))  # [B, A, k, V]
     inside = stands_for < length  # [A, k]: the position a slot stands for is in the window
     index = stands_for.clamp(max=length - 1)

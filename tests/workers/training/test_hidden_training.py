@@ -86,7 +86,7 @@ def test_chat_data_prompts_end_where_the_reply_begins(tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(target))
     for ids, weights in zip(data["train_ids"], data["train_weights"], strict=True):
         last_prompt = int(weights.nonzero()[0])  # position prompt_len - 1: its prediction is the target's
-        prompt = tokenizer.decode(ids[: last_prompt + 1])
+        prompt = str(tokenizer.decode(ids[: last_prompt + 1]))
         assert prompt.endswith("<|bos|>assistant\n") and "plus" in prompt  # the user turn, then the header
 
 
