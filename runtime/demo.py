@@ -18,12 +18,12 @@ from runtime.client import Client
 from runtime.config import TandemConfig
 from runtime.launch import Deployment, config_variant
 
-DEMO_PROMPTS = [  # hand-written, never trained on: the demo target writes stdlib-like Python
+DEMO_PROMPTS = [  # hand-written, never trained on (models/demo/handwritten_prompts.jsonl holds them)
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
     "def read_config(path):\n    \"\"\"Read a JSON configuration file and return it as a dict.\"\"\"\n"
     "    with open(path) as f:\n",
     "import os\n\n\ndef list_python_files(root):",
-    "def parse_args(argv):\n    \"\"\"Parse the command line.\"\"\"\n    parser = argparse.ArgumentParser(",
+    "import argparse\n\n\ndef parse_args():\n    parser = argparse.ArgumentParser(description=\"Count words in a file.\")\n",
 ]
 WARMUP_TOKENS = 16
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
+from runtime.demo import DEMO_PROMPTS
 from workers.training import prompt_sets
 from workers.training.corpus import is_held_out
 from workers.training.prompt_sets import STYLES, cuts_before_tests, docstring_cuts, style_prompts
@@ -30,11 +29,8 @@ def test_cutters_find_signatures_with_docstrings_and_test_functions() -> None:
 
 
 def test_handwritten_set_holds_the_demo_prompts() -> None:
-    if str(REPO / "scripts") not in sys.path:
-        sys.path.insert(0, str(REPO / "scripts"))
-    demo = importlib.import_module("demo")
     texts = prompt_sets.jsonl_prompts(prompt_sets.HANDWRITTEN_PROMPTS)
-    assert set(demo.PROMPTS) <= set(texts) and len(texts) >= len(demo.PROMPTS) + 10
+    assert set(DEMO_PROMPTS) <= set(texts) and len(texts) >= len(DEMO_PROMPTS) + 10
 
 
 def test_cut_prompts_come_from_held_out_files_only(monkeypatch: pytest.MonkeyPatch) -> None:
