@@ -23,7 +23,8 @@ DEMO_PROMPTS = [  # hand-written, never trained on (models/demo/handwritten_prom
     "def read_config(path):\n    \"\"\"Read a JSON configuration file and return it as a dict.\"\"\"\n"
     "    with open(path) as f:\n",
     "import os\n\n\ndef list_python_files(root):",
-    "import argparse\n\n\ndef parse_args():\n    parser = argparse.ArgumentParser(description=\"Count words in a file.\")\n",
+    "import argparse\n\n\ndef parse_args():\n"
+    "    parser = argparse.ArgumentParser(description=\"Count words in a file.\")\n",
 ]
 WARMUP_TOKENS = 16
 
