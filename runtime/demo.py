@@ -1,6 +1,8 @@
 """What the demo measures (scripts/demo.py prints it): each method gets the same warm-up, the same
-prompts and the same stopping rule; only generation is timed (printing happens afterwards); HF `generate`
-runs on the deployment's cores with as many threads (the bench's equal-hardware rule).
+prompts and exactly `max_new_tokens` per prompt (end-of-text ignored, as in the bench, so every method
+does the same work and enough of it); only generation is timed (printing happens afterwards, the
+completion shown up to its first end-of-text); HF `generate` runs on the deployment's cores with as many
+threads (the bench's equal-hardware rule).
 """
 
 from __future__ import annotations
@@ -53,13 +55,13 @@ def measure_deployment(config_path: str | Path, prompts: list[str], max_new_toke
         with Client(deployment.config.coordinator.client_address, timeout_s=300) as client:
             client.generate(prompts[0], max_new_tokens=WARMUP_TOKENS)
             before = client.metrics()
-            outputs, texts, seconds = [], [], 0.0
+            outputs, seconds = [], 0.0
             for prompt in prompts:
                 start = time.perf_counter()
-                chunks = list(client.stream(prompt, max_new_tokens=max_new_tokens))
+                chunks = list(client.stream(prompt, max_new_tokens=max_new_tokens, ignore_eos=True))
                 seconds += time.perf_counter() - start
                 outputs.append([t for c in chunks for t in c.token_ids])
-                texts.append("".join(c.text for c in chunks))
+            texts = shown_texts(str(config_path), outputs)
             after = client.metrics()
     return Measured(mode, mode, outputs, texts, seconds, _tau(before, after))
 
@@ -99,12 +101,13 @@ def measure_generate(config: TandemConfig, prompts: list[str], max_new_tokens: i
     tokenizer = load_tokenizer(config.verifier.model)
     model = load_causal_lm(config.verifier.model, config.verifier.torch_dtype, config.verifier.device)
     cores = generate_cores(config)
-    outputs, texts, seconds = [], [], 0.0
+    outputs, seconds = [], 0.0
     with pinned(cores, len(cores)), torch.inference_mode():
         def run(prompt: str, num: int) -> list[int]:
             ids = tokenizer.encode(prompt, add_special_tokens=False)
             out = model.generate(torch.tensor([ids], device=config.verifier.device), max_new_tokens=num,
-                                 do_sample=False, pad_token_id=model.generation_config.pad_token_id)
+                                 min_new_tokens=num, eos_token_id=None, do_sample=False,
+                                 pad_token_id=model.generation_config.pad_token_id)
             return [int(t) for t in out[0, len(ids):].tolist()]
 
         run(prompts[0], WARMUP_TOKENS)
@@ -113,9 +116,18 @@ def measure_generate(config: TandemConfig, prompts: list[str], max_new_tokens: i
             ids = run(prompt, max_new_tokens)
             seconds += time.perf_counter() - start
             outputs.append(ids)
-            texts.append(tokenizer.decode(ids))
     label = f"cores {','.join(map(str, cores))}, {len(cores)} threads"
-    return Measured(label, "generate", outputs, texts, seconds)
+    return Measured(label, "generate", outputs, shown_texts(config, outputs), seconds)
+
+
+def shown_texts(config: TandemConfig | str, outputs: list[list[int]]) -> list[str]:
+    """Each output as text, up to its first end-of-text token (what a user would have been shown)."""
+    from runtime.builders import load_tokenizer, read_eos_ids
+
+    model = (TandemConfig.load(config) if isinstance(config, str) else config).verifier.model
+    tokenizer, eos = load_tokenizer(model), read_eos_ids(model)
+    cut = [next((i for i, t in enumerate(ids) if t in eos), len(ids)) for ids in outputs]
+    return [tokenizer.decode(ids[:n]) for ids, n in zip(outputs, cut, strict=True)]
 
 
 def describe(config: TandemConfig) -> str:
