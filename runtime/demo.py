@@ -16,18 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.bench.prompts import SHIPPED_PROMPTS, load_prompts
 from runtime.client import Client
 from runtime.config import TandemConfig
 from runtime.launch import Deployment, config_variant
 
-DEMO_PROMPTS = [  # hand-written, never trained on (models/demo/handwritten_prompts.jsonl holds them)
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-    "def read_config(path):\n    \"\"\"Read a JSON configuration file and return it as a dict.\"\"\"\n"
-    "    with open(path) as f:\n",
-    "import os\n\n\ndef list_python_files(root):",
-    "import argparse\n\n\ndef parse_args():\n"
-    "    parser = argparse.ArgumentParser(description=\"Count words in a file.\")\n",
-]
+# the bench's held-out prompts (runtime/bench/prompts.jsonl: cut by a fixed rule from standard-library files
+# no model here was trained on), so the demo and `scripts/bench.py` measure the same thing
+DEMO_PROMPTS = load_prompts(SHIPPED_PROMPTS)
+NUM_SHOWN = 3  # completions printed; every prompt is measured
 WARMUP_TOKENS = 16
 
 

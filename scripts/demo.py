@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading 
 
 from protocol.errors import ConfigError, TandemError
 from runtime.config import TandemConfig
-from runtime.demo import DEMO_PROMPTS, describe, measure_deployment, measure_generate, variant
+from runtime.demo import DEMO_PROMPTS, NUM_SHOWN, describe, measure_deployment, measure_generate, variant
 from runtime.logs import setup_logging
 
 
@@ -33,9 +33,10 @@ def main() -> int:
     print(describe(config), flush=True)
     try:
         spec = measure_deployment(args.config, DEMO_PROMPTS, args.max_new_tokens)
-        for prompt, text in zip(DEMO_PROMPTS, spec.texts, strict=True):
+        for prompt, text in list(zip(DEMO_PROMPTS, spec.texts, strict=True))[:NUM_SHOWN]:
             print(f"\n--- prompt ---\n{prompt.rstrip(chr(10))}\n--- completion ({spec.mode}) ---\n{text}", flush=True)
-        print("\nmeasuring verifier-only decoding on the same prompts...", flush=True)
+        print(f"\n({len(DEMO_PROMPTS)} held-out prompts x {args.max_new_tokens} tokens measured, {NUM_SHOWN} shown)"
+              "\nmeasuring verifier-only decoding on the same prompts...", flush=True)
         with variant(args.config, "off") as off_config:
             off = measure_deployment(off_config, DEMO_PROMPTS, args.max_new_tokens)
     except TandemError as err:

@@ -28,9 +28,9 @@ def test_cutters_find_signatures_with_docstrings_and_test_functions() -> None:
     assert cuts_before_tests(lines, context_lines=2) == ["    def g(self):\n        return 1\ndef test_g():\n"]
 
 
-def test_handwritten_set_holds_the_demo_prompts() -> None:
-    texts = prompt_sets.jsonl_prompts(prompt_sets.HANDWRITTEN_PROMPTS)
-    assert set(DEMO_PROMPTS) <= set(texts) and len(texts) >= len(DEMO_PROMPTS) + 10
+def test_the_demo_measures_the_bench_style_prompts() -> None:
+    assert prompt_sets.jsonl_prompts(prompt_sets.BENCH_PROMPTS) == DEMO_PROMPTS
+    assert len(prompt_sets.jsonl_prompts(prompt_sets.HANDWRITTEN_PROMPTS)) >= 15
 
 
 def test_cut_prompts_come_from_held_out_files_only(monkeypatch: pytest.MonkeyPatch) -> None:
