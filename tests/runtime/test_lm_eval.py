@@ -4,6 +4,7 @@ a loglikelihood multiple-choice task and a greedy generate_until task). Needs `p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,8 +19,7 @@ import yaml
 from runtime.config import DEFAULT_CONFIG_PATH, REPO_ROOT
 from runtime.launch import Deployment, free_port
 
-pytest.importorskip("lm_eval")
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # deselected by default; needs `pip install -e ".[eval]"`
 
 TASKS = "tandem_code_lines,tandem_code_complete"
 TARGET = REPO_ROOT / "models" / "demo" / "target"
@@ -45,6 +45,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 def lm_eval(model: str, model_args: str, extra: list[str], out: Path) -> dict[str, Any]:
     """Run the `lm_eval` command as README shows it; returns its results and per-task samples."""
+    if importlib.util.find_spec("lm_eval") is None:
+        raise RuntimeError('lm-eval is not installed: pip install -e ".[eval]"')
     command = [sys.executable, "-m", "lm_eval", "--model", model, "--model_args", model_args,
                "--include_path", str(REPO_ROOT / "configs" / "lm_eval"), "--tasks", TASKS, *extra,
                "--output_path", str(out), "--log_samples"]
