@@ -135,29 +135,50 @@ class CalibratedAcceptance:
         self.accepted = torch.zeros(max_depth + 1, num_bins, dtype=torch.float64)
         self.seen = torch.zeros(max_depth + 1, num_bins, dtype=torch.float64)
 
-    def _cells(self, tree: DraftTree) -> tuple[torch.Tensor, torch.Tensor]:
-        log_p = tree.path_probs().double().clamp(min=1e-30).log().clamp(min=self.min_log_prob, max=0.0)
+    def _cells(self, depths: torch.Tensor, path_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_p = path_probs.double().clamp(min=1e-30).log().clamp(min=self.min_log_prob, max=0.0)
         bins = ((log_p / self.min_log_prob) * (self.num_bins - 1)).round().long()  # 0 = most likely
-        return tree.depths.clamp(max=self.max_depth), bins
+        return depths.clamp(max=self.max_depth), bins
 
     def estimate(self, tree: DraftTree) -> torch.Tensor:
         """[N] acceptance estimates, monotone along paths."""
         if tree.num_nodes == 0:
             return torch.zeros(0, dtype=torch.float64)
-        depths, bins = self._cells(tree)
-        prior = tree.path_probs().double().clamp(0.0, 1.0)
-        raw = (self.accepted[depths, bins] + self.prior_weight * prior) / (self.seen[depths, bins] + self.prior_weight)
-        return monotone_estimates(tree, raw)
+        return monotone_estimates(tree, self.raw_estimates([tree], tree.depths, tree.path_probs()))
+
+    def raw_estimates(self, trees: Sequence[DraftTree], depths: torch.Tensor, path_probs: torch.Tensor) -> torch.Tensor:
+        """Per node of `trees` laid end to end (their `depths` and `path_probs`), before capping along paths:
+        a function of each node's cell alone, so every tree of a batch is estimated at once."""
+        cell_depths, bins = self._cells(depths, path_probs)
+        prior = path_probs.double().clamp(0.0, 1.0)
+        return (self.accepted[cell_depths, bins] + self.prior_weight * prior) / (
+            self.seen[cell_depths, bins] + self.prior_weight)
 
     def update(self, tree: DraftTree, accepted: torch.Tensor) -> None:
         """Record a verification's verdicts: accepted[i] is True when node i was on the accepted path."""
-        if tree.num_nodes == 0:
+        self.update_many([(tree, torch.arange(tree.num_nodes), accepted)])
+
+    def update_many(self, verdicts: Sequence[tuple[DraftTree, torch.Tensor, torch.Tensor]]) -> None:
+        """The verdicts of several verifications, in order, as one update: (tree, node indices, accepted).
+
+        Equal to calling `update` on each `tree.select(index)` in turn: the i-th of n is decayed n - 1 - i
+        more times, so it is weighted by decay ** (n - 1 - i).
+        """
+        verdicts = [v for v in verdicts if v[1].numel()]
+        if not verdicts:
             return
-        depths, bins = self._cells(tree)
-        self.seen *= self.decay
-        self.accepted *= self.decay
-        self.seen.index_put_((depths, bins), torch.ones(tree.num_nodes, dtype=torch.float64), accumulate=True)
-        self.accepted.index_put_((depths, bins), accepted.to(torch.float64), accumulate=True)
+        n = len(verdicts)
+        depths = torch.cat([tree.depths[index] for tree, index, _ in verdicts])
+        path_probs = torch.cat([tree.path_probs()[index] for tree, index, _ in verdicts])
+        accepted = torch.cat([ok.to(torch.float64) for _, _, ok in verdicts])
+        weights = torch.repeat_interleave(
+            self.decay ** torch.arange(n - 1, -1, -1, dtype=torch.float64),
+            torch.tensor([index.numel() for _, index, _ in verdicts]))
+        cell_depths, bins = self._cells(depths, path_probs)
+        self.seen *= self.decay ** n
+        self.accepted *= self.decay ** n
+        self.seen.index_put_((cell_depths, bins), weights, accumulate=True)
+        self.accepted.index_put_((cell_depths, bins), accepted * weights, accumulate=True)
 
 
 class LearnedAcceptance:
@@ -196,6 +217,17 @@ class LearnedAcceptance:
             return torch.zeros(0, dtype=torch.float64)
         log_cond = self._conditional(self.features(tree)).clamp(min=1e-30).log()
         return monotone_estimates(tree, torch.exp(tree.ancestors().double() @ log_cond))
+
+    def raw_estimates(self, trees: Sequence[DraftTree], depths: torch.Tensor, path_probs: torch.Tensor) -> torch.Tensor:
+        """Per node of `trees` laid end to end (features need each tree's siblings: one tree at a time)."""
+        parts = [self.estimate(tree) for tree in trees if tree.num_nodes]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+    def update_many(self, verdicts: Sequence[tuple[DraftTree, torch.Tensor, torch.Tensor]]) -> None:
+        """(tree, node indices, accepted) of several verifications, in order: one SGD step each."""
+        for tree, index, accepted in verdicts:
+            if index.numel():
+                self.update(tree.select(index), accepted)
 
     def update(self, tree: DraftTree, accepted: torch.Tensor) -> None:
         """One SGD step on the nodes whose parent was accepted (the only ones whose verdict says something)."""

@@ -38,9 +38,22 @@ class DraftTree:
 
     @staticmethod
     def from_lists(token_ids: Sequence[int], parents: Sequence[int], probs: Sequence[float]) -> DraftTree:
-        tree = DraftTree.empty()
-        return tree.add(torch.tensor(parents, dtype=torch.long), torch.tensor(token_ids, dtype=torch.long),
-                        torch.tensor(probs, dtype=torch.float32)) if len(token_ids) else tree
+        if len(token_ids) != len(parents) or len(token_ids) != len(probs):
+            raise ValueError("token_ids, parents and probs must have the same length")
+        return DraftTree.from_tensors(torch.tensor(token_ids, dtype=torch.long), torch.tensor(parents, dtype=torch.long),
+                                      torch.tensor(probs, dtype=torch.float32))
+
+    @staticmethod
+    def from_tensors(token_ids: torch.Tensor, parents: torch.Tensor, probs: torch.Tensor) -> DraftTree:
+        """A tree of 1-D tensors as they are (a draft from the wire); ValueError unless parents come first."""
+        parent_list = parents.tolist()
+        depths: list[int] = []
+        for index, parent in enumerate(parent_list):  # parents come first: one pass
+            if not ROOT <= parent < index:
+                raise ValueError(f"parent index {parent} of node {index} must be {ROOT} or refer to an earlier node")
+            depths.append(1 if parent == ROOT else depths[parent] + 1)
+        return DraftTree(token_ids.to(torch.long), parents.to(torch.long), probs.to(torch.float32),
+                         torch.tensor(depths, dtype=torch.long))
 
     @property
     def num_nodes(self) -> int:
@@ -92,6 +105,11 @@ class DraftTree:
         assert self._path_probs is not None
         return self._path_probs
 
+    def cache_path_probs(self, values: torch.Tensor) -> None:
+        """Hand in `path_probs` computed elsewhere (a batch computes every tree's at once)."""
+        if self._path_probs is None:
+            object.__setattr__(self, "_path_probs", values)
+
     def _derived(self, index: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """Cached data of the nodes `index` (an ancestor-closed set), for the tree made of them."""
         return {"_ancestors": None if self._ancestors is None else self._ancestors[index][:, index],
@@ -115,13 +133,14 @@ class DraftTree:
         The verifier sorts nodes by acceptance estimate so that any prefix is a tree (`prefix`).
         """
         order = order.to(torch.long)
-        new_index = torch.full((self.num_nodes,), self.num_nodes, dtype=torch.long)  # left out: fails below
-        new_index[order] = torch.arange(order.numel())
-        old_parents = self.parents[order]
-        parents = torch.where(old_parents == ROOT, ROOT, new_index[old_parents.clamp(min=0)])
-        if bool((parents >= torch.arange(order.numel())).any()):
+        index = order.numpy()
+        new_index = np.full(self.num_nodes, self.num_nodes, dtype=np.int64)  # left out: fails below
+        new_index[index] = np.arange(index.size)
+        old_parents = self.parents.numpy()[index]
+        parents = np.where(old_parents == ROOT, ROOT, new_index[np.maximum(old_parents, 0)])
+        if bool((parents >= np.arange(index.size)).any()):
             raise ValueError("order puts a child before its parent")
-        return DraftTree(self.token_ids[order], parents, self.probs[order], self.depths[order],
+        return DraftTree(self.token_ids[order], torch.from_numpy(parents), self.probs[order], self.depths[order],
                          **self._derived(order))
 
     def prefix(self, num_nodes: int) -> DraftTree:
@@ -160,9 +179,9 @@ class DraftTree:
         Python). Cached derived data is sliced, not rebuilt.
         """
         keep = self.descendants(node)  # ascending: topological order is kept
-        new_index = torch.full((self.num_nodes,), ROOT, dtype=torch.long)
-        new_index[keep] = torch.arange(keep.numel())
-        parents = new_index[self.parents[keep]]  # children of `node` map to ROOT
+        new_index = np.full(self.num_nodes, ROOT, dtype=np.int64)
+        new_index[keep.numpy()] = np.arange(keep.numel())
+        parents = torch.from_numpy(new_index[self.parents.numpy()[keep.numpy()]])  # children of `node` map to ROOT
         path_probs = None
         if self._path_probs is not None:  # below `node`, path probabilities are relative to it
             path_probs = self._path_probs[keep] / self._path_probs[node].clamp(min=1e-30)
@@ -198,9 +217,10 @@ class DraftTree:
         """Node indices along the path spelled by `token_ids`, as far as the tree goes."""
         path: list[int] = []
         parent = ROOT
+        parents, tokens = self.parents.numpy(), self.token_ids.numpy()
         for token in token_ids:  # one step per committed token, bounded by the tree depth
-            match = torch.nonzero((self.parents == parent) & (self.token_ids == token)).flatten()
-            if match.numel() == 0:
+            match = np.flatnonzero((parents == parent) & (tokens == token))
+            if match.size == 0:
                 break
             parent = int(match[0])
             path.append(parent)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from protocol.errors import ProtocolError, RequestError
@@ -36,10 +37,11 @@ from protocol.messages import (
 )
 from protocol.params import SamplingParams
 from protocol.trace import tracer
+from workers.batch_choice import Forest, Offer, Ranking, best_by_row, pick_offers, rank_offers
 from workers.batch_cost import BatchCost
 from workers.batch_verify import Verdict, VerifyJob, prefill_batch, verify_batch
 from workers.compiled_forward import CompiledForward, bucket
-from workers.cost_model import best_first_order, choose_width, expected_by_width, make_acceptance
+from workers.cost_model import choose_width, make_acceptance
 from workers.drafters.ngram import trie_from_rows
 from workers.hidden_source import HiddenSource
 from workers.logprobs import committed_rows, prompt_logprobs, token_logprobs
@@ -59,21 +61,6 @@ EXPLORE_EVERY = 32  # after this many verifications without a node, verify the b
 LOOKUP_MAX_NGRAM, LOOKUP_MIN_NGRAM, LOOKUP_DEPTH, LOOKUP_MATCHES = 3, 1, 10, 4  # the verifier's own prompt lookup
 CALIBRATION_WIDTHS = (1, 2, 3, 5, 9, 17, 33, 65)  # root + 0, 1, 2, 4, 8, 16, 32, 64 nodes
 CALIBRATION_MAX_TOKENS = 1024  # rows x width beyond this are extrapolated, not measured
-
-
-class Candidate:
-    """One draft source's tree for a request, its nodes best first, and what each width would commit."""
-
-    __slots__ = ("expected", "order", "source", "tree")
-
-    def __init__(self, tree: DraftTree, source: str, estimates: torch.Tensor, limit: int, max_width: int) -> None:
-        self.tree, self.source = tree, source
-        self.order = best_first_order(estimates)[:limit]
-        self.expected = expected_by_width(estimates[self.order], max_width)  # [max_width]
-
-    def best(self, num: int) -> DraftTree:
-        """Its `num` best nodes as a tree (parents come first in `order`); built only for the chosen one."""
-        return self.tree.reorder(self.order[:num])
 
 
 class VerifierWorker:
@@ -400,6 +387,7 @@ class VerifierWorker:
         self.cost.observe(len(jobs), width + slots, context, forward_s)
         self.counters["num_batches"] += 1
         with tracer.span("learn", rows=len(jobs)):
+            self._learn(requests, jobs, verdicts)
             share = (time.perf_counter() - start) / len(jobs)
             return [self._apply(request_id, request, job, verdict, share)
                     for request_id, request, job, verdict in zip(request_ids, requests, jobs, verdicts, strict=True)]
@@ -407,8 +395,7 @@ class VerifierWorker:
     def _apply(self, request_id: str, request: VerifierRequest, job: VerifyJob, verdict: Verdict,
                compute_s: float) -> Committed:
         epoch, tree = request.epoch, job.tree
-        tokens = [*tree.token_ids[verdict.path].tolist(), verdict.bonus]
-        self._learn(request, tree, tokens, (request.params.is_greedy, request.chosen_source))
+        tokens = verdict_tokens(tree, verdict)
         is_hit = request.commit(tokens)
         if request.chosen_source == "hidden" and tree.num_nodes:
             self.counters["num_hidden_verifications"] += 1
@@ -426,25 +413,31 @@ class VerifierWorker:
         return self._committed(request_id, epoch, tokens, tree.max_depth, tree.num_nodes, features, compute_s, is_hit,
                                logprobs, off_top=verdict.off_top)
 
-    def _learn(self, request: VerifierRequest, verified: DraftTree, tokens: list[int], key: tuple[bool, str]) -> None:
-        """Feed the acceptance estimates every verdict this verification settled, verified or not.
+    def _learn(self, requests: list[VerifierRequest], jobs: list[VerifyJob], verdicts: list[Verdict]) -> None:
+        """Feed the acceptance estimates every verdict this verification settled, verified or not, for the
+        whole batch at once (one update per estimator).
 
         A held node at depth <= len(tokens) would have been accepted exactly when it lies on the path the
         tokens spell (the target's choice at each position does not depend on the tree), so even a
         verification of no node teaches the estimates about depth 1. Verified nodes deeper than that
         were rejected (an ancestor was). Deeper unverified nodes are unknown and left out.
         """
-        held = request.chosen
-        if held.num_nodes == 0:
-            return
-        on_path = torch.zeros(held.num_nodes, dtype=torch.bool)
-        on_path[held.follow(tokens)] = True
-        known = held.depths <= len(tokens)
-        if verified.num_nodes:  # the verified nodes are the first ones of the held tree's best-first order
-            known[request.verified_index] = True
-        index = torch.nonzero(known).flatten()
-        if index.numel():
-            self.acceptance[key].update(held.select(index), on_path[index])
+        settled: dict[tuple[bool, str], list[tuple[DraftTree, torch.Tensor, torch.Tensor]]] = {}
+        for request, job, verdict in zip(requests, jobs, verdicts, strict=True):
+            held = request.chosen
+            if held.num_nodes == 0:
+                continue
+            tokens = verdict_tokens(job.tree, verdict)
+            on_path = torch.zeros(held.num_nodes, dtype=torch.bool)
+            on_path[held.follow(tokens)] = True
+            known = held.depths <= len(tokens)
+            if job.tree.num_nodes:  # the verified nodes are the first ones of the held tree's best-first order
+                known[request.verified_index] = True
+            index = torch.nonzero(known).flatten()
+            settled.setdefault((request.params.is_greedy, request.chosen_source), []).append(
+                (held, index, on_path[index]))
+        for key, items in settled.items():
+            self.acceptance[key].update_many(items)
 
     def _choose_batch(self, requests: list[VerifierRequest]) -> list[DraftTree]:
         """Each request's nodes to verify, chosen for the whole batch (docs/design.md §4, batching).
@@ -454,50 +447,88 @@ class VerifierWorker:
         picks the one width W that maximises the batch's expected committed tokens per second, and each
         request verifies its best source's W - 1 best nodes. At one request this is the single-request
         choice (a useless drafter then costs nothing; a repeating text speeds up even when the drafter's
-        tree is worth a little).
+        tree is worth a little). Every offer of every request is estimated and ranked in one tensor
+        program (workers/batch_choice.py).
         """
-        options = [self._candidates(request) for request in requests]
-        max_width = 1 + max((len(c.order) for cands in options for c in cands), default=0)
+        offers = [offer for row, request in enumerate(requests) for offer in self._offers(row, request)]
+        if not offers:
+            return [self._take(r, None, None, 0) for r in requests]
+        forest = Forest([o.tree for o in offers])
+        path_probs = forest.path_probs()
+        for offer, probs in zip(offers, forest.split(path_probs), strict=True):
+            offer.tree.cache_path_probs(probs)  # learning reads them after the verdict
+        ranking = rank_offers(forest, self._estimates(requests, offers, forest, path_probs),
+                              [o.limit for o in offers], self.max_tree_nodes + 1)
+        rows = [o.row for o in offers]
+        self._observe_hidden(requests, offers, ranking)
+        max_width = 1 + int(ranking.limits.max())
+        expected = best_by_row(rows, ranking.expected[:, :max_width], len(requests))
         if max_width == 1:
-            return [self._take(r, None, 0) for r in requests]
-        expected = torch.ones(len(requests), max_width, dtype=torch.float64)
-        for b, cands in enumerate(options):
-            for candidate in cands:
-                expected[b] = torch.maximum(expected[b], candidate.expected[:max_width])
-        if self.cost.is_known:
+            width = 1
+        elif self.cost.is_known:
             width = choose_width(expected, self.cost.table(len(requests), max(r.epoch for r in requests)))
         else:  # nothing measured yet: verify what the budget allows
             width = max_width
         if width == 1 and any(r.tree.num_nodes and (r.num_empty_choices + 1) % EXPLORE_EVERY == 0 for r in requests):
-            width = 2  # keep the estimates honest: a drafter that got better must be able to show it
-        trees = []
-        for request, cands in zip(requests, options, strict=True):
-            best = max(cands, key=lambda c: float(c.expected[min(width, max_width) - 1]), default=None)
-            trees.append(self._take(request, best, width - 1))
-        return trees
+            width = min(2, max_width)  # keep the estimates honest: a drafter that got better must be able to show it
+        picks = pick_offers(rows, ranking.expected, width, len(requests))
+        return [self._take(request, None, None, 0) if pick is None
+                else self._take(request, offers[pick], ranking.best(pick), width - 1)
+                for request, pick in zip(requests, picks, strict=True)]
 
-    def _candidates(self, request: VerifierRequest) -> list[Candidate]:
+    def _offers(self, row: int, request: VerifierRequest) -> list[Offer]:
+        """The request's trees, one per draft source, cut to what fits in the model's context."""
         problem = request.take_pending()
         if problem is not None:
             self.counters["num_drafts_malformed"] += 1
             log.warning("dropped a malformed draft: %s", problem)
         if request.mode == "off" or request.max_tree_nodes == 0:
             return []
-        room = self.target.max_positions - request.epoch  # the deepest node must stay inside the model's context
-        found = []
+        trees = []
         if request.tree.num_nodes:
-            found.append(self._candidate(request, request.tree, "drafter", room))
+            trees.append((request.tree, "drafter"))
         if self.local_lookup:  # a fresh lookup, also when the held tree is an older (used-up) lookup
             lookup = self._look_up(request)
             if lookup is not None:
-                found.append(self._candidate(request, lookup, "lookup", room))
+                trees.append((lookup, "lookup"))
         guesses = request.hidden.take_tree(request.epoch) if self.hidden is not None else None
         if guesses is not None and guesses.num_nodes:
-            found.append(self._candidate(request, guesses, "hidden", room))
-            width = min(1 + len(found[-1].order), self.max_tree_nodes + 1)
-            others = [float(c.expected[width - 1]) for c in found[:-1]]
-            request.hidden.observe(float(found[-1].expected[width - 1]), max(others, default=1.0))
-        return found
+            trees.append((guesses, "hidden"))
+        room = self.target.max_positions - request.epoch  # the deepest node must stay inside the model's context
+        offers = []
+        for tree, source in trees:
+            if tree.max_depth > room:
+                tree = tree.select(torch.nonzero(tree.depths <= room).flatten())
+            if tree.num_nodes:
+                offers.append(Offer(row, tree, source, min(request.max_tree_nodes, tree.num_nodes)))
+        return offers
+
+    def _estimates(self, requests: list[VerifierRequest], offers: list[Offer], forest: Forest,
+                   path_probs: torch.Tensor) -> torch.Tensor:
+        """[N] acceptance estimates of every offered node, capped along paths; each offer by its own
+        (greedy?, source) estimator, every offer of one estimator at once."""
+        keys = [(requests[offer.row].params.is_greedy, offer.source) for offer in offers]
+        distinct = list(dict.fromkeys(keys))
+        if len(distinct) == 1:
+            raw = self.acceptance[distinct[0]].raw_estimates([o.tree for o in offers], forest.depths, path_probs)
+            return forest.cap_by_ancestors(raw)
+        node_group = np.array([distinct.index(key) for key in keys])[forest.segment]
+        raw = torch.zeros(forest.num_nodes, dtype=torch.float64)
+        for group, key in enumerate(distinct):
+            nodes = torch.from_numpy(np.flatnonzero(node_group == group))
+            trees = [offer.tree for offer, k in zip(offers, keys, strict=True) if k == key]
+            raw[nodes] = self.acceptance[key].raw_estimates(trees, forest.depths[nodes], path_probs[nodes])
+        return forest.cap_by_ancestors(raw)
+
+    def _observe_hidden(self, requests: list[VerifierRequest], offers: list[Offer], ranking: Ranking) -> None:
+        """Hidden Transfer prices its slots by how much more its guess tree offers than the other sources."""
+        for index, offer in enumerate(offers):
+            if offer.source != "hidden":
+                continue
+            width = min(1 + int(ranking.limits[index]), self.max_tree_nodes + 1)
+            others = [float(ranking.expected[i, width - 1]) for i, o in enumerate(offers)
+                      if o.row == offer.row and i != index]
+            requests[offer.row].hidden.observe(float(ranking.expected[index, width - 1]), max(others, default=1.0))
 
     def _anchors(self, requests: list[VerifierRequest], trees: list[DraftTree]) -> list[tuple[int, ...]]:
         """Which entries of each row get Hidden Transfer slots in this forward (workers/hidden_source.py)."""
@@ -510,25 +541,19 @@ class VerifierWorker:
                for r, t, m in zip(requests, trees, room, strict=True)]
         return self.hidden.choose([r.hidden for r in requests], trees, estimates, costs, can)
 
-    def _candidate(self, request: VerifierRequest, tree: DraftTree, source: str, room: int) -> Candidate:
-        if tree.max_depth > room:
-            tree = tree.select(torch.nonzero(tree.depths <= room).flatten())
-        estimates = self.acceptance[(request.params.is_greedy, source)].estimate(tree)
-        limit = min(request.max_tree_nodes, tree.num_nodes)
-        return Candidate(tree, source, estimates, limit, self.max_tree_nodes + 1)
-
-    def _take(self, request: VerifierRequest, candidate: Candidate | None, num: int) -> DraftTree:
-        """The request verifies `num` best nodes of `candidate`, which it now holds (None: no node)."""
-        if candidate is None:
+    def _take(self, request: VerifierRequest, offer: Offer | None, order: torch.Tensor | None, num: int) -> DraftTree:
+        """The request verifies the `num` first nodes of `order` (best first) of `offer`'s tree, which it now
+        holds (None: no node)."""
+        if offer is None or order is None:
             request.verified_index = torch.zeros(0, dtype=torch.long)
             request.chosen = DraftTree.empty()
             return DraftTree.empty()
-        num = min(num, len(candidate.order))
-        request.chosen, request.chosen_source = candidate.tree, candidate.source
-        request.verified_index = candidate.order[:num]
+        num = min(num, order.numel())
+        request.chosen, request.chosen_source = offer.tree, offer.source
+        request.verified_index = order[:num]
         if num == 0:
             request.num_empty_choices += 1
-        return candidate.best(num)
+        return offer.tree.reorder(order[:num])
 
     def _look_up(self, request: VerifierRequest) -> DraftTree | None:
         """Draft from the request's own tokens (prompt lookup): it needs no model and no round trip, so a
@@ -549,6 +574,11 @@ class VerifierWorker:
         blob = to_blob(features.float()) if features is not None else None
         return Committed(request_id, epoch, tokens, depth, blob, compute_s, num_nodes, is_hit, logprobs,
                          prompt_logprobs, off_top)
+
+
+def verdict_tokens(tree: DraftTree, verdict: Verdict) -> list[int]:
+    """What a verification commits: its accepted path's tokens, then the bonus token."""
+    return [*tree.token_ids[verdict.path].tolist(), verdict.bonus]
 
 
 def fingerprint(vocab_size: int, hidden_size: int, tokenizer_hash: str, model_name: str) -> dict[str, Any]:

@@ -39,4 +39,4 @@ def tree_from_blobs(token_ids: Blob, parents: Blob, probs: Blob) -> DraftTree:
     if not (tokens.dim() == parent_ids.dim() == node_probs.dim() == 1
             and tokens.numel() == parent_ids.numel() == node_probs.numel()):
         raise ValueError("draft tree tensors must be 1-D and of equal length")
-    return DraftTree.empty().add(parent_ids.long(), tokens.long(), node_probs.float())
+    return DraftTree.from_tensors(tokens, parent_ids, node_probs)

@@ -1,0 +1,108 @@
+"""The batch's node choice as one tensor program equals the per-offer functions it replaces."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from workers.batch_choice import Forest, best_by_row, pick_offers, rank_offers
+from workers.cost_model import (
+    CalibratedAcceptance,
+    LearnedAcceptance,
+    best_first_order,
+    expected_by_width,
+    monotone_estimates,
+)
+from workers.tree import DraftTree
+
+
+def random_tree(rng: random.Random, num_nodes: int) -> DraftTree:
+    parents = [-1 if i == 0 or rng.random() < 0.3 else rng.randrange(i) for i in range(num_nodes)]
+    probs = [rng.choice([0.5, 0.25, rng.random()]) for _ in range(num_nodes)]  # ties on purpose
+    return DraftTree.from_lists([rng.randrange(100) for _ in range(num_nodes)], parents, probs)
+
+
+def random_forest(seed: int) -> list[DraftTree]:
+    rng = random.Random(seed)
+    return [random_tree(rng, rng.choice([1, 2, 5, 17, 40])) for _ in range(rng.randrange(1, 9))]
+
+
+def trained_estimator(seed: int) -> CalibratedAcceptance:
+    """Counts that are not the prior, so estimates are not monotone before capping."""
+    estimator = CalibratedAcceptance()
+    generator = torch.Generator().manual_seed(seed)
+    estimator.seen += torch.rand(estimator.seen.shape, generator=generator, dtype=torch.float64) * 20
+    estimator.accepted += estimator.seen * torch.rand(estimator.seen.shape, generator=generator, dtype=torch.float64)
+    return estimator
+
+
+def test_path_probs_and_caps_equal_each_trees() -> None:
+    for seed in range(20):
+        trees = random_forest(seed)
+        forest = Forest(trees)
+        for tree, probs in zip(trees, forest.split(forest.path_probs()), strict=True):
+            assert torch.equal(probs, tree.path_probs())
+        values = torch.rand(forest.num_nodes, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        capped = forest.split(forest.cap_by_ancestors(values))
+        for tree, own, mine in zip(trees, forest.split(values), capped, strict=True):
+            assert torch.equal(mine, monotone_estimates(tree, own))
+
+
+def test_ranking_equals_per_offer_order_and_expected() -> None:
+    for seed in range(30):
+        trees = random_forest(seed)
+        rng = random.Random(seed)
+        limits = [min(rng.choice([1, 3, 8, 64]), t.num_nodes) for t in trees]
+        estimator = trained_estimator(seed)
+        forest = Forest(trees)
+        raw = estimator.raw_estimates(trees, forest.depths, forest.path_probs())
+        estimates = forest.cap_by_ancestors(raw)
+        max_width = 33
+        ranking = rank_offers(forest, estimates, limits, max_width)
+        for index, (tree, limit) in enumerate(zip(trees, limits, strict=True)):
+            own = estimator.estimate(tree)
+            assert torch.allclose(forest.split(estimates)[index], own, rtol=0, atol=1e-15)
+            order = best_first_order(own)[:limit]
+            assert torch.equal(ranking.best(index), order)
+            assert torch.allclose(ranking.expected[index], expected_by_width(own[order], max_width), atol=1e-12)
+            tree.reorder(ranking.best(index))  # parents before children: a valid tree to verify
+
+
+def test_pick_and_best_by_row() -> None:
+    expected = torch.tensor([[1.0, 1.5, 1.6], [1.0, 1.7, 1.7], [1.0, 1.2, 2.0], [1.0, 1.5, 1.6]],
+                            dtype=torch.float64)
+    rows = [0, 0, 1, 2]  # row 3 offers nothing
+    assert pick_offers(rows, expected, 2, 4) == [1, 2, 3, None]
+    assert pick_offers(rows, expected, 3, 4) == [1, 2, 3, None]
+    assert pick_offers([0, 0], expected[[0, 3]], 2, 1) == [0]  # a tie goes to the first offered
+    by_row = best_by_row(rows, expected, 4)
+    assert torch.equal(by_row[0], torch.tensor([1.0, 1.7, 1.7], dtype=torch.float64))
+    assert torch.equal(by_row[3], torch.ones(3, dtype=torch.float64))
+
+
+def test_update_many_equals_updates_in_turn() -> None:
+    for seed in range(10):
+        trees = random_forest(seed)
+        rng = random.Random(seed)
+        verdicts = []
+        for tree in trees:
+            index = torch.nonzero(tree.depths <= rng.randrange(1, 4)).flatten()
+            accepted = torch.rand(index.numel(), generator=torch.Generator().manual_seed(seed)) < 0.5
+            verdicts.append((tree, index, accepted))
+        one_by_one, at_once = trained_estimator(seed), trained_estimator(seed)
+        for tree, index, accepted in verdicts:
+            if index.numel():
+                one_by_one.update(tree.select(index), accepted)
+        at_once.update_many(verdicts)
+        assert torch.allclose(one_by_one.seen, at_once.seen, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(one_by_one.accepted, at_once.accepted, rtol=1e-12, atol=1e-12)
+        learned_a, learned_b = LearnedAcceptance(), LearnedAcceptance()
+        for tree, index, accepted in verdicts:
+            if index.numel():
+                learned_a.update(tree.select(index), accepted)
+        learned_b.update_many(verdicts)
+        assert torch.equal(learned_a.weights, learned_b.weights)
+        forest = Forest(trees)
+        raw = learned_b.raw_estimates(trees, forest.depths, forest.path_probs())
+        assert torch.equal(raw, torch.cat([learned_b.estimate(t) for t in trees]))
