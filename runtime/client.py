@@ -35,6 +35,7 @@ from runtime.security import client_keys
 
 _M = TypeVar("_M", bound=Message)
 PROBE_TIMEOUT_S = 5.0  # how long `from_config` waits for a coordinator to answer before giving a hint
+CANCEL_TIMEOUT_S = 1.0  # how long an AsyncClient stream that is left early may take to send its Cancel
 START_HINT = ("start a deployment with `tandem launch --config FILE`, or run the pipeline in-process: "
               "`tandem generate --local ...` or `runtime.engine.Engine.from_config(FILE)`")
 
@@ -78,6 +79,25 @@ def probe(address: str, curve: ClientKeys | None = None, timeout_s: float = PROB
         socket.close(linger=0)
         context.term()
     raise WorkerDeadError(f"nothing answers at {address} within {timeout_s:g} s: {START_HINT}")
+
+
+async def _done_within(future: asyncio.Future[Any], timeout_s: float) -> bool:
+    """Wait until `future` is done or `timeout_s` has passed (then it is cancelled and this returns False).
+
+    Not `asyncio.wait_for`: before Python 3.12, a task cancelled in the loop turn in which the awaited
+    future completes gets the future's result and its cancellation is lost. A stream whose next chunk had
+    just arrived then ran on to its last token although its caller had been cancelled (a hung-up client).
+    """
+    if not future.done():
+        try:
+            await asyncio.wait({future}, timeout=timeout_s)
+        except BaseException:  # the caller was cancelled
+            future.cancel()
+            raise
+        if not future.done():
+            future.cancel()  # a task is only cancelled at its next step: answer now
+            return False
+    return not future.cancelled()
 
 
 def _expect(message: Message, kind: type[_M]) -> _M:
@@ -244,7 +264,7 @@ class AsyncClient:
             self._queues.pop(request_id, None)
             if not is_done:  # shielded: a cancelled caller (a client that hung up) still frees the request
                 with contextlib.suppress(zmq.ZMQError, WorkerDeadError, asyncio.CancelledError):
-                    await asyncio.shield(self._send(Cancel(request_id), timeout_s=0.0))
+                    await asyncio.shield(self._send(Cancel(request_id), timeout_s=CANCEL_TIMEOUT_S))
 
     async def cancel(self, request_id: str) -> None:
         await self._send(Cancel(request_id))
@@ -267,25 +287,31 @@ class AsyncClient:
         return queue
 
     async def _next(self, queue: asyncio.Queue[Message]) -> Message:
-        try:
-            message = await asyncio.wait_for(queue.get(), self.timeout_s)
-        except asyncio.TimeoutError:
-            raise WorkerDeadError(f"no answer from the coordinator at {self.address} within "
-                                  f"{self.timeout_s} s") from None
+        """The next message for one request; a cancelled caller stays cancelled (see `_done_within`)."""
+        if queue.empty():
+            getting = asyncio.ensure_future(queue.get())
+            if not await _done_within(getting, self.timeout_s):
+                raise WorkerDeadError(f"no answer from the coordinator at {self.address} within "
+                                      f"{self.timeout_s} s")
+            message = getting.result()
+        else:
+            message = queue.get_nowait()
         if isinstance(message, Error):
             raise error_to_exception(message)
         return message
 
     async def _send(self, message: Message, timeout_s: float | None = None) -> None:
+        """Send, or raise WorkerDeadError when the socket does not take the message within the timeout.
+
+        The bound is this call's own, never the socket's SNDTIMEO: concurrent requests share the socket, and
+        pyzmq applies SNDTIMEO to every send or POLLOUT poll that waits on it, so a Cancel's 1 ms made the
+        next request's send fail with zmq.Again under load (and could drop a Cancel queued behind another send).
+        """
         wait_s = self.timeout_s if timeout_s is None else timeout_s
-        unreachable = WorkerDeadError(f"cannot reach the coordinator at {self.address} within {wait_s} s")
-        if not await self.socket.poll(int(wait_s * 1000), zmq.POLLOUT):  # type: ignore[call-arg]
-            raise unreachable
-        self.socket.setsockopt(zmq.SNDTIMEO, max(int(wait_s * 1000), 1))  # as Client._send: never block for good
-        try:
-            await self.socket.send_multipart(encode(message), copy=False)
-        except zmq.Again:
-            raise unreachable from None
+        sending = asyncio.ensure_future(self.socket.send_multipart(encode(message), copy=False))  # pyzmq's Future
+        if not await _done_within(sending, wait_s):
+            raise WorkerDeadError(f"cannot reach the coordinator at {self.address} within {wait_s} s")
+        sending.result()
 
     async def _read(self) -> None:
         while True:

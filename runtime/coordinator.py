@@ -264,6 +264,8 @@ class Coordinator:
                                                     logprobs, prompt_logprobs))
         self._release(request)
         self.metrics.num_finished += 1
+        if reason == "cancelled":
+            self.metrics.num_cancelled += 1
 
     def _fail(self, request: Request, code: str, message: str) -> None:
         """One Error for the client's request; its other samples end with it (the client stops listening)."""

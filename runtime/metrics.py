@@ -12,7 +12,8 @@ from runtime.stats import SpecStats
 @dataclass
 class RuntimeMetrics:
     spec: SpecStats = field(default_factory=SpecStats)  # all verifications of all requests
-    num_finished: int = 0
+    num_finished: int = 0  # every finish: stop, length and cancelled
+    num_cancelled: int = 0  # finished as cancelled (a Cancel, a client that hung up or vanished)
     num_errors: int = 0
     num_generated: int = 0
     num_stale_dropped: int = 0
@@ -55,6 +56,7 @@ class RuntimeMetrics:
             "num_drafter_commits": commits,
             "num_prefixes_shared": sum(s.get("num_prefixes_shared", 0) for s in verifiers),  # n > 1 samples
             "num_finished": self.num_finished,
+            "num_cancelled": self.num_cancelled,
             "num_errors": self.num_errors,
             "num_generated": self.num_generated,
             "num_active": num_active,

@@ -87,10 +87,11 @@ def _check(service: TandemService, body: SamplingFields) -> None:
 
 async def _answer(service: TandemService, request: Request, answer: Answer, body: SamplingFields) -> Response:
     await service.check_ready()
-    streams = await service.open_streams(answer.prompts, body.params(), body.field_names())
     if body.stream:
+        streams = await service.open_streams(answer.prompts, body.params(), body.field_names())
         return StreamingResponse(_events(answer, streams), media_type="text/event-stream")
-    collecting = asyncio.ensure_future(_collect(answer, streams))
+    # a hang-up is watched for from submission on: while queued or prefilling, too
+    collecting = asyncio.ensure_future(_collect(service, answer, body))
     hang_up = asyncio.ensure_future(_hang_up(request))
     await asyncio.wait({collecting, hang_up}, return_when=asyncio.FIRST_COMPLETED)
     hang_up.cancel()
@@ -112,8 +113,9 @@ async def _hang_up(request: Request) -> None:
         pass
 
 
-async def _collect(answer: Answer, streams: list[Opened]) -> None:
-    """A whole non-streamed answer: every chunk of every prompt into `answer`."""
+async def _collect(service: TandemService, answer: Answer, body: SamplingFields) -> None:
+    """A whole non-streamed answer: submit every prompt, then every chunk of every prompt into `answer`."""
+    streams = await service.open_streams(answer.prompts, body.params(), body.field_names())
     async with contextlib.aclosing(merged(streams)) as chunks:
         async for prompt, chunk in chunks:
             answer.add(prompt, chunk)

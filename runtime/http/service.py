@@ -85,9 +85,12 @@ class TandemService:
         opening = [asyncio.ensure_future(self._open(ids, params)) for ids in prompts]
         try:
             await asyncio.wait(opening)
-        except asyncio.CancelledError:  # the client hung up: the streams' own cleanup sends Cancel
+        except asyncio.CancelledError:  # the client hung up: every request is cancelled
             for task in opening:
-                task.cancel()
+                task.cancel()  # one still opening: its stream's own cleanup sends Cancel
+            for task in opening:
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    await task.result()[1].aclose()  # one opened already: closing its stream sends Cancel
             raise
         failed = next((task.exception() for task in opening if task.exception() is not None), None)
         if failed is None:

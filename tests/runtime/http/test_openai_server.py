@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -277,6 +279,49 @@ def test_disconnect_mid_stream_cancels_the_request(deployment: Deployment, base_
         metrics = wait_for_sync(client, lambda m: m["num_active"] == 0
                                 and all(w["num_requests"] == 0 for w in m["workers"]))
     assert metrics["num_generated"] - before < 500  # cancelled, not run to its 500 tokens
+
+
+@pytest.mark.parametrize("moment", ["decoding", "prefilling"])
+def test_hang_up_cancels_a_non_streamed_request(deployment: Deployment, base_url: str, moment: str) -> None:
+    """A client that hangs up on a non-streamed request cancels it: the coordinator reports it cancelled and
+    no worker holds it.
+
+    decoding: the server is stopped until more chunks wait behind the first, so it sees the hang-up in a
+    burst of chunks, as a server that lags under load does (asyncio.wait_for then lost the cancellation and
+    the request ran to its last token). prefilling: the verifier is stopped, so the hang-up comes before the
+    first chunk (while queued or prefilling)."""
+    body = json.dumps({"model": "demo", "prompt": PROMPT, "max_tokens": 500, "ignore_eos": True,
+                       "temperature": 1.0, "seed": 3}).encode()  # sampled: prompt lookup rarely matches
+    url = httpx.URL(base_url)
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {url.host}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    stopped = deployment.processes["server" if moment == "decoding" else "verifier"]
+    with Client(deployment.config.coordinator.client_address, timeout_s=30) as client:
+        before = client.metrics()
+        if moment == "prefilling":
+            os.kill(stopped.pid, signal.SIGSTOP)
+        try:
+            # a raw socket, closed on purpose: a library client may keep a timed-out connection open until its
+            # exception is garbage-collected
+            with socket.create_connection((url.host, url.port)) as connection:
+                connection.sendall(head + body)
+                wait_for_sync(client, lambda m: m["num_active"] == 1)  # submitted, nothing answered yet
+                if moment == "decoding":
+                    os.kill(stopped.pid, signal.SIGSTOP)
+                    wait_for_sync(client, lambda m: m["num_generated"] - before["num_generated"] >= 4)
+            if moment == "decoding":
+                os.kill(stopped.pid, signal.SIGCONT)
+            cancelled = wait_for_sync(client, lambda m: m["num_cancelled"] > before["num_cancelled"]
+                                      and m["num_active"] == 0)  # the verifier may still be stopped
+        finally:
+            os.kill(stopped.pid, signal.SIGCONT)
+        after = wait_for_sync(client, lambda m: m["num_active"] == m["num_queued"] == 0
+                              and all(w["num_requests"] == w["worker_num_requests"] == 0 for w in m["workers"]))
+    assert cancelled["num_cancelled"] - before["num_cancelled"] == 1
+    assert after["num_finished"] - before["num_finished"] == 1  # only as cancelled: not run to its 500 tokens
+    assert after["num_generated"] - before["num_generated"] < 500
+    if moment == "prefilling":
+        assert after["num_generated"] == before["num_generated"]  # the verifier's first token came too late
 
 
 def test_metrics_agree_with_request_stats(base_url: str) -> None:
