@@ -69,7 +69,8 @@ def build_verifier_worker(config: TandemConfig, worker_id: str, calibrate: bool 
                             max_running=limits.max_running_per_verifier, max_batch=section.max_batch,
                             max_length=max_length, prefill_chunk=section.prefill_chunk,
                             compile_backend="inductor" if section.compile else None,
-                            target_candidates=speculation.target_candidates, hidden=hidden)
+                            target_candidates=speculation.target_candidates, hidden=hidden,
+                            merge_sources=speculation.merge_sources)
     if speculation.mode != "off" and calibrate:
         worker.calibrate()  # t(n) for the cost model; refined online
     return worker

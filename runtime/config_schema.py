@@ -230,6 +230,7 @@ class SpeculationConfig:
     tree: TreeConfig = field(default_factory=_default_tree)
     acceptance: str = "calibrated"  # per-node acceptance estimates: calibrated path probability | learned
     local_lookup: bool = True  # a verifier holding no tree drafts by prompt lookup in the request's own tokens
+    merge_sources: bool = True  # verify the union of a request's draft trees (drafter, lookup, hidden); false: the best
     # MCSD's target-initialised candidates: where the exact path stops, a child among the target's top W may be
     # committed instead when its branch is accepted longer. LOSSY (output is no longer the target's); 0 = exact
     target_candidates: int = 0
@@ -241,8 +242,9 @@ class SpeculationConfig:
             _set(self, "mode", "off")
         check_choice("speculation.mode", self.mode, SPECULATION_MODES)
         check_choice("speculation.acceptance", self.acceptance, ("calibrated", "learned"))
-        if not isinstance(self.local_lookup, bool):
-            raise ConfigError(f"speculation.local_lookup must be true or false, got {self.local_lookup!r}")
+        for key in ("local_lookup", "merge_sources"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"speculation.{key} must be true or false, got {getattr(self, key)!r}")
         if not isinstance(self.tree, TreeConfig):
             raise ConfigError(f"speculation.tree must be a TreeConfig, got {self.tree!r}")
         check_int("speculation.target_candidates", self.target_candidates, 0)

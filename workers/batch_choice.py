@@ -20,15 +20,24 @@ import torch
 
 from workers.tree import ROOT, DraftTree
 
+Part = tuple[DraftTree, str, np.ndarray]  # a source's tree, the source, its nodes' indices in the offered tree
+
 
 @dataclass(frozen=True)
 class Offer:
-    """One draft source's tree for request `row` of the batch; at most `limit` of its nodes may be verified."""
+    """A tree for request `row` of the batch, at most `limit` of whose nodes may be verified: one draft
+    source's (`source` "drafter", "lookup" or "hidden"), or the union of several ("drafter+lookup",
+    `parts` saying where each source's nodes went)."""
 
     row: int
     tree: DraftTree
     source: str
     limit: int
+    parts: tuple[Part, ...] = ()
+
+    def sources(self) -> tuple[Part, ...]:
+        """Each source's own tree and where its nodes are in `tree` (a single source: everywhere)."""
+        return self.parts or ((self.tree, self.source, np.arange(self.tree.num_nodes)),)
 
 
 class Forest:
@@ -112,6 +121,67 @@ def rank_offers(forest: Forest, estimates: torch.Tensor, limits: Sequence[int], 
 
 def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
+
+
+def merge_trees(trees: Sequence[DraftTree]) -> tuple[DraftTree, list[np.ndarray]]:
+    """The union of trees under one root (SpecInfer's token-tree merge): one node per distinct token path,
+    so one verification checks every source's guesses at once and shares what they agree on.
+
+    Returns the merged tree (topological order kept: a node's parent exists before it; `probs` the highest
+    of the sources', for display only: estimates come from each source's own tree) and, per input tree,
+    the merged index of each of its nodes.
+    """
+    index: dict[tuple[int, int], int] = {}
+    parents: list[int] = []
+    tokens: list[int] = []
+    probs: list[float] = []
+    maps = []
+    for tree in trees:
+        mapped: list[int] = []
+        for parent, token, prob in zip(tree.parents.tolist(), tree.token_ids.tolist(), tree.probs.tolist(),
+                                       strict=True):
+            key = (ROOT if parent == ROOT else mapped[parent], token)
+            node = index.get(key)
+            if node is None:
+                node = index[key] = len(tokens)
+                parents.append(key[0])
+                tokens.append(token)
+                probs.append(prob)
+            elif prob > probs[node]:
+                probs[node] = prob
+            mapped.append(node)
+        maps.append(np.asarray(mapped, dtype=np.int64))
+    return DraftTree.from_lists(tokens, parents, probs), maps
+
+
+def merged_estimates(num_nodes: int, maps: Sequence[np.ndarray], estimates: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A merged node's estimate: the highest of its sources' (each source's estimates are monotone along
+    its paths and a source holding a node holds its ancestors, so the maximum is monotone too)."""
+    out = np.zeros(num_nodes, dtype=np.float64)
+    for mapped, values in zip(maps, estimates, strict=True):
+        np.maximum.at(out, mapped, values.numpy().astype(np.float64))
+    return torch.from_numpy(out)
+
+
+def merge_offers(by_row: Sequence[Sequence[Offer]], estimates: Sequence[torch.Tensor],
+                 max_nodes: Sequence[int]) -> tuple[list[Offer], list[torch.Tensor]]:
+    """One offer per request: the union of its sources' trees (a single source stays as it is), with each
+    merged node's best estimate. `estimates` are per offer of `by_row`, flattened; `max_nodes` per row."""
+    offers: list[Offer] = []
+    out: list[torch.Tensor] = []
+    start = 0
+    for row_offers, most in zip(by_row, max_nodes, strict=True):
+        mine, start = estimates[start: start + len(row_offers)], start + len(row_offers)
+        if len(row_offers) == 1:
+            offers.append(row_offers[0])
+            out.append(mine[0])
+        elif row_offers:
+            tree, maps = merge_trees([o.tree for o in row_offers])
+            parts = tuple((o.tree, o.source, where) for o, where in zip(row_offers, maps, strict=True))
+            offers.append(Offer(row_offers[0].row, tree, "+".join(o.source for o in row_offers),
+                                min(most, tree.num_nodes), parts))
+            out.append(merged_estimates(tree.num_nodes, maps, mine))
+    return offers, out
 
 
 def best_by_row(rows: Sequence[int], expected: torch.Tensor, num_rows: int) -> torch.Tensor:

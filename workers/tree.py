@@ -40,8 +40,8 @@ class DraftTree:
     def from_lists(token_ids: Sequence[int], parents: Sequence[int], probs: Sequence[float]) -> DraftTree:
         if len(token_ids) != len(parents) or len(token_ids) != len(probs):
             raise ValueError("token_ids, parents and probs must have the same length")
-        return DraftTree.from_tensors(torch.tensor(token_ids, dtype=torch.long), torch.tensor(parents, dtype=torch.long),
-                                      torch.tensor(probs, dtype=torch.float32))
+        return DraftTree.from_tensors(torch.tensor(token_ids, dtype=torch.long),
+                                      torch.tensor(parents, dtype=torch.long), torch.tensor(probs, dtype=torch.float32))
 
     @staticmethod
     def from_tensors(token_ids: torch.Tensor, parents: torch.Tensor, probs: torch.Tensor) -> DraftTree:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from protocol.drafts import MAX_TREE_NODES
@@ -59,10 +60,12 @@ class VerifierRequest:
     max_length: int
     stop_token_ids: frozenset[int]
     tree: DraftTree = field(default_factory=DraftTree.empty)  # the drafter's newest tree, rooted at committed[-1]
-    # what the last verification drew its nodes from (the drafter's tree or the verifier's own lookup),
-    # whose verdicts teach the acceptance estimates; the drafter's tree stays held either way
-    chosen: DraftTree = field(default_factory=DraftTree.empty)
-    chosen_source: str = "drafter"
+    # what the last verification drew its nodes from: each source's tree (the drafter's, the verifier's own
+    # lookup, Hidden Transfer's guesses) and where its nodes were in the verified union, whose verdicts teach
+    # the acceptance estimates; the drafter's tree stays held either way
+    chosen_parts: tuple[tuple[DraftTree, str, np.ndarray], ...] = ()
+    chosen_source: str = "drafter"  # "drafter", "lookup", "hidden" or a union such as "drafter+lookup"
+    verified_estimates: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     pending: Draft | None = None  # the newest draft not looked at yet (decoded only when a verification starts)
     is_fresh: bool = False
     is_stopped: bool = False

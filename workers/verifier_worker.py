@@ -37,7 +37,7 @@ from protocol.messages import (
 )
 from protocol.params import SamplingParams
 from protocol.trace import tracer
-from workers.batch_choice import Forest, Offer, Ranking, best_by_row, pick_offers, rank_offers
+from workers.batch_choice import Forest, Offer, Ranking, best_by_row, merge_offers, pick_offers, rank_offers
 from workers.batch_cost import BatchCost
 from workers.batch_verify import Verdict, VerifyJob, prefill_batch, verify_batch
 from workers.compiled_forward import CompiledForward, bucket
@@ -70,7 +70,7 @@ class VerifierWorker:
                  acceptance: str = "calibrated", max_tree_nodes: int = 64, local_lookup: bool = True,
                  max_running: int = 32, max_batch: int | None = None, max_length: int | None = None,
                  prefill_chunk: int = 256, compile_backend: str | Callable[..., Any] | None = None,
-                 target_candidates: int = 0, hidden: HiddenSource | None = None) -> None:
+                 target_candidates: int = 0, hidden: HiddenSource | None = None, merge_sources: bool = True) -> None:
         self.target = target
         self.worker_id = worker_id
         self.tokenizer_hash = tokenizer_hash
@@ -97,6 +97,7 @@ class VerifierWorker:
         self.acceptance = {(greedy, source): make_acceptance(acceptance)
                            for greedy in (True, False) for source in ("drafter", "lookup", "hidden")}
         self.local_lookup = local_lookup
+        self.merge_sources = merge_sources  # verify the union of a request's draft sources (False: the best one)
         self.compute_s = 0.0
         self.counters = {"num_verifications": 0, "num_drafts": 0, "num_drafts_dropped": 0, "num_nodes_verified": 0,
                          "num_drafts_malformed": 0, "num_lookups": 0, "num_batches": 0, "num_prefill_chunks": 0,
@@ -397,9 +398,11 @@ class VerifierWorker:
         epoch, tree = request.epoch, job.tree
         tokens = verdict_tokens(tree, verdict)
         is_hit = request.commit(tokens)
-        if request.chosen_source == "hidden" and tree.num_nodes:
+        hidden = [where for _, source, where in request.chosen_parts if source == "hidden"]
+        if hidden and tree.num_nodes:  # verified nodes of the guess tree, and how many of them were accepted
             self.counters["num_hidden_verifications"] += 1
-            self.counters["num_hidden_accepted"] += int(verdict.path.numel())
+            accepted = request.verified_index[verdict.path].numpy()
+            self.counters["num_hidden_accepted"] += int(np.isin(accepted, hidden[0]).sum())
         if verdict.guesses is not None and self.hidden is not None:  # the next tree, under the bonus
             request.hidden.tree = self.hidden.tree(verdict.guesses, request.max_tree_nodes)
             request.hidden.epoch = request.epoch
@@ -424,43 +427,51 @@ class VerifierWorker:
         """
         settled: dict[tuple[bool, str], list[tuple[DraftTree, torch.Tensor, torch.Tensor]]] = {}
         for request, job, verdict in zip(requests, jobs, verdicts, strict=True):
-            held = request.chosen
-            if held.num_nodes == 0:
-                continue
             tokens = verdict_tokens(job.tree, verdict)
-            on_path = torch.zeros(held.num_nodes, dtype=torch.bool)
-            on_path[held.follow(tokens)] = True
-            known = held.depths <= len(tokens)
-            if job.tree.num_nodes:  # the verified nodes are the first ones of the held tree's best-first order
-                known[request.verified_index] = True
-            index = torch.nonzero(known).flatten()
-            settled.setdefault((request.params.is_greedy, request.chosen_source), []).append(
-                (held, index, on_path[index]))
+            verified = request.verified_index.numpy() if job.tree.num_nodes else np.zeros(0, dtype=np.int64)
+            for held, source, where in request.chosen_parts:
+                if held.num_nodes == 0:
+                    continue
+                on_path = torch.zeros(held.num_nodes, dtype=torch.bool)
+                on_path[held.follow(tokens)] = True
+                # the verified nodes are the first ones of the offered tree's best-first order
+                known = (held.depths <= len(tokens)) | torch.from_numpy(np.isin(where, verified))
+                index = torch.nonzero(known).flatten()
+                settled.setdefault((request.params.is_greedy, source), []).append((held, index, on_path[index]))
         for key, items in settled.items():
             self.acceptance[key].update_many(items)
 
     def _choose_batch(self, requests: list[VerifierRequest]) -> list[DraftTree]:
         """Each request's nodes to verify, chosen for the whole batch (docs/design.md §4, batching).
 
-        Every draft source of a request (the drafter's tree it holds, the verifier's own prompt lookup)
-        offers its nodes best first; a padded forward costs t(B, W) whatever each row fills, so the batch
-        picks the one width W that maximises the batch's expected committed tokens per second, and each
-        request verifies its best source's W - 1 best nodes. At one request this is the single-request
-        choice (a useless drafter then costs nothing; a repeating text speeds up even when the drafter's
-        tree is worth a little). Every offer of every request is estimated and ranked in one tensor
-        program (workers/batch_choice.py).
+        Every draft source of a request (the drafter's tree it holds, the verifier's own prompt lookup,
+        Hidden Transfer's guesses) offers a tree; with `merge_sources` they are merged into one, whose
+        nodes carry the best of their sources' acceptance estimates, so one verification checks the best
+        guesses of all of them (otherwise the sources compete and the best one is verified). A padded
+        forward costs t(B, W) whatever each row fills, so the batch picks the one width W that maximises
+        the batch's expected committed tokens per second, and each request verifies its W - 1 best nodes.
+        At one request this is the single-request choice (a useless drafter then costs nothing; a
+        repeating text speeds up even when the drafter's tree is worth a little). Every tree of every
+        request is estimated and ranked in one numpy program (workers/batch_choice.py).
         """
-        offers = [offer for row, request in enumerate(requests) for offer in self._offers(row, request)]
-        if not offers:
-            return [self._take(r, None, None, 0) for r in requests]
-        forest = Forest([o.tree for o in offers])
+        by_row = [self._offers(row, request) for row, request in enumerate(requests)]
+        components = [offer for offers in by_row for offer in offers]
+        if not components:
+            return [self._take(r, None, None, None, 0) for r in requests]
+        forest = Forest([o.tree for o in components])
         path_probs = forest.path_probs()
-        for offer, probs in zip(offers, forest.split(path_probs), strict=True):
+        for offer, probs in zip(components, forest.split(path_probs), strict=True):
             offer.tree.cache_path_probs(probs)  # learning reads them after the verdict
-        ranking = rank_offers(forest, self._estimates(requests, offers, forest, path_probs),
-                              [o.limit for o in offers], self.max_tree_nodes + 1)
+        estimates = self._estimates(requests, components, forest, path_probs)
+        if self.hidden is not None:  # Hidden Transfer prices its slots by what its guesses add to the others'
+            self._observe_hidden(requests, components, rank_offers(forest, estimates, [o.limit for o in components],
+                                                                   self.max_tree_nodes + 1))
+        offers, offer_estimates = components, forest.split(estimates)
+        if self.merge_sources and any(len(o) > 1 for o in by_row):
+            offers, offer_estimates = merge_offers(by_row, offer_estimates, [r.max_tree_nodes for r in requests])
+            forest = Forest([o.tree for o in offers])
+        ranking = rank_offers(forest, torch.cat(offer_estimates), [o.limit for o in offers], self.max_tree_nodes + 1)
         rows = [o.row for o in offers]
-        self._observe_hidden(requests, offers, ranking)
         max_width = 1 + int(ranking.limits.max())
         expected = best_by_row(rows, ranking.expected[:, :max_width], len(requests))
         if max_width == 1:
@@ -472,8 +483,8 @@ class VerifierWorker:
         if width == 1 and any(r.tree.num_nodes and (r.num_empty_choices + 1) % EXPLORE_EVERY == 0 for r in requests):
             width = min(2, max_width)  # keep the estimates honest: a drafter that got better must be able to show it
         picks = pick_offers(rows, ranking.expected, width, len(requests))
-        return [self._take(request, None, None, 0) if pick is None
-                else self._take(request, offers[pick], ranking.best(pick), width - 1)
+        return [self._take(request, None, None, None, 0) if pick is None
+                else self._take(request, offers[pick], ranking.best(pick), offer_estimates[pick], width - 1)
                 for request, pick in zip(requests, picks, strict=True)]
 
     def _offers(self, row: int, request: VerifierRequest) -> list[Offer]:
@@ -533,24 +544,26 @@ class VerifierWorker:
     def _anchors(self, requests: list[VerifierRequest], trees: list[DraftTree]) -> list[tuple[int, ...]]:
         """Which entries of each row get Hidden Transfer slots in this forward (workers/hidden_source.py)."""
         assert self.hidden is not None
-        estimates = [self.acceptance[(r.params.is_greedy, r.chosen_source)].estimate(t)
-                     for r, t in zip(requests, trees, strict=True)]
+        estimates = [r.verified_estimates for r in requests]  # in the verified trees' order
         costs = self.cost.table(len(requests), max(r.epoch for r in requests)) if self.cost.is_known else None
         room = [self.target.max_positions - r.epoch - self.hidden.num_offsets - 1 for r in requests]
         can = [r.mode != "off" and r.max_tree_nodes > 0 and t.max_depth <= m
                for r, t, m in zip(requests, trees, room, strict=True)]
         return self.hidden.choose([r.hidden for r in requests], trees, estimates, costs, can)
 
-    def _take(self, request: VerifierRequest, offer: Offer | None, order: torch.Tensor | None, num: int) -> DraftTree:
-        """The request verifies the `num` first nodes of `order` (best first) of `offer`'s tree, which it now
-        holds (None: no node)."""
-        if offer is None or order is None:
+    def _take(self, request: VerifierRequest, offer: Offer | None, order: torch.Tensor | None,
+              estimates: torch.Tensor | None, num: int) -> DraftTree:
+        """The request verifies the `num` first nodes of `order` (best first) of `offer`'s tree, whose
+        sources it now holds for learning (None: no node)."""
+        if offer is None or order is None or estimates is None:
             request.verified_index = torch.zeros(0, dtype=torch.long)
-            request.chosen = DraftTree.empty()
+            request.chosen_parts = ()
+            request.verified_estimates = torch.zeros(0, dtype=torch.float64)
             return DraftTree.empty()
         num = min(num, order.numel())
-        request.chosen, request.chosen_source = offer.tree, offer.source
+        request.chosen_parts, request.chosen_source = offer.sources(), offer.source
         request.verified_index = order[:num]
+        request.verified_estimates = estimates[order[:num]]
         if num == 0:
             request.num_empty_choices += 1
         return offer.tree.reorder(order[:num])

@@ -16,7 +16,7 @@ from workers.hf_model import load_causal_lm
 
 def test_candidates_are_reported_and_zero_is_exact() -> None:
     tokenizer = load_tokenizer("models/demo/target")
-    prompts = [tokenizer.encode(p, add_special_tokens=False) for p in DEMO_PROMPTS[:2]]
+    prompts = [tokenizer.encode(p, add_special_tokens=False) for p in DEMO_PROMPTS[:3]]
     exact, wide = evaluate("configs/demo.yaml", prompts, 48, [3], mode="sync")
     model = load_causal_lm("models/demo/target")
     assert exact.result.outputs == [hf_greedy(model, p, 48) for p in prompts]

@@ -34,13 +34,14 @@ def test_lookup_is_lossless_and_only_used_when_on(local_lookup: bool) -> None:
     assert (nodes > 0) == local_lookup
 
 
-def test_drafter_tree_stays_held_when_the_lookup_is_verified() -> None:
+@pytest.mark.parametrize("merge_sources", [False, True])
+def test_drafter_tree_stays_held_when_the_lookup_is_verified(merge_sources: bool) -> None:
     """Verifying the lookup's nodes must not drop the drafter's tree: it follows the commit like any held
     tree, so an async drafter's work survives a verification it did not win."""
     model = tiny_model("llama", seed=5)
     prompt = [18, 30, 31, *PROMPT]  # the first greedy token (18) occurs in it, so the lookup offers (18, 30, 31)
     reference = hf_greedy(model, prompt, 8)
-    worker = VerifierWorker(TargetVerifier(model), "v")
+    worker = VerifierWorker(TargetVerifier(model), "v", merge_sources=merge_sources)
     worker.handle(Prefill("r", len(prompt), prompt, {"temperature": 0.0}, sample_next=True, max_tree_nodes=16,
                           mode="async", max_length=len(prompt) + 40))
     while worker.requests["r"].prefill is not None:
@@ -54,7 +55,7 @@ def test_drafter_tree_stays_held_when_the_lookup_is_verified() -> None:
     worker.handle(draft)
     [reply] = worker.step()
     assert isinstance(reply, Committed)
-    assert request.chosen_source == "lookup"
+    assert request.chosen_source == ("drafter+lookup" if merge_sources else "lookup")
     committed_since = reply.token_ids
     assert committed_since == reference[1: 1 + len(committed_since)]
     left = chain[len(committed_since):]
