@@ -38,6 +38,8 @@ class DraftTree:
 
     @staticmethod
     def from_lists(token_ids: Sequence[int], parents: Sequence[int], probs: Sequence[float]) -> DraftTree:
+        if not len(token_ids):
+            return DraftTree.empty()
         if len(token_ids) != len(parents) or len(token_ids) != len(probs):
             raise ValueError("token_ids, parents and probs must have the same length")
         return DraftTree.from_tensors(torch.tensor(token_ids, dtype=torch.long),

@@ -19,7 +19,8 @@ FANOUT = 4  # the "tree" shape: breadth-first, 4 children per node
 
 
 def chain(num_nodes: int) -> DraftTree:
-    return DraftTree.from_lists(list(range(3, 3 + num_nodes)), [ROOT, *range(num_nodes - 1)], [0.5] * num_nodes)
+    parents = [ROOT, *range(num_nodes - 1)][:num_nodes]
+    return DraftTree.from_lists(list(range(3, 3 + num_nodes)), parents, [0.5] * num_nodes)
 
 
 def bushy(num_nodes: int) -> DraftTree:
