@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from workers.batch_choice import Forest, best_by_row, pick_offers, rank_offers
+from workers.batch_choice import Forest, Offer, best_by_row, merge_offers, merge_trees, pick_offers, rank_offers
 from workers.cost_model import (
     CalibratedAcceptance,
     LearnedAcceptance,
@@ -106,3 +106,72 @@ def test_update_many_equals_updates_in_turn() -> None:
         forest = Forest(trees)
         raw = learned_b.raw_estimates(trees, forest.depths, forest.path_probs())
         assert torch.equal(raw, torch.cat([learned_b.estimate(t) for t in trees]))
+
+
+def paths(tree: DraftTree) -> list[tuple[int, ...]]:
+    """Each node's token path from the root."""
+    out: list[tuple[int, ...]] = []
+    for parent, token in zip(tree.parents.tolist(), tree.token_ids.tolist(), strict=True):
+        out.append((*(out[parent] if parent >= 0 else ()), token))
+    return out
+
+
+def trie(rng: random.Random, num_nodes: int, vocab: int) -> DraftTree:
+    """A random tree with distinct tokens under each parent (as every draft source makes them)."""
+    parents: list[int] = []
+    tokens: list[int] = []
+    used: set[tuple[int, int]] = set()
+    while len(tokens) < num_nodes:
+        parent = -1 if not tokens or rng.random() < 0.3 else rng.randrange(len(tokens))
+        token = rng.randrange(vocab)
+        if (parent, token) not in used:
+            used.add((parent, token))
+            parents.append(parent)
+            tokens.append(token)
+    order = sorted(range(num_nodes), key=lambda i: len(paths_of(parents, i)))  # parents first
+    where = {old: new for new, old in enumerate(order)}
+    return DraftTree.from_lists([tokens[i] for i in order], [where[parents[i]] if parents[i] >= 0 else -1
+                                                            for i in order], [rng.random() for _ in order])
+
+
+def paths_of(parents: list[int], node: int) -> list[int]:
+    chain = []
+    while node >= 0:
+        chain.append(node)
+        node = parents[node]
+    return chain
+
+
+def test_merged_tree_is_the_union_of_the_token_paths() -> None:
+    for seed in range(20):
+        rng = random.Random(seed)
+        trees = [trie(rng, rng.choice([1, 4, 12, 30]), 4) for _ in range(rng.randrange(1, 4))]  # small vocab: overlaps
+        merged, maps = merge_trees(trees)
+        merged_paths = paths(merged)
+        assert len(set(merged_paths)) == merged.num_nodes  # a trie: one node per token path
+        assert set(merged_paths) == {p for t in trees for p in paths(t)}
+        assert bool((merged.parents < torch.arange(merged.num_nodes)).all())  # parents come first
+        for tree, where in zip(trees, maps, strict=True):
+            assert [merged_paths[i] for i in where] == paths(tree)
+
+
+def test_merged_offer_commits_at_least_the_best_source_at_every_width() -> None:
+    for seed in range(20):
+        rng = random.Random(seed)
+        trees = [trie(rng, rng.choice([3, 12, 30]), 5) for _ in range(3)]
+        estimator = trained_estimator(seed)
+        offers = [Offer(0, t, s, min(16, t.num_nodes)) for t, s in zip(trees, ("drafter", "lookup", "hidden"),
+                                                                        strict=True)]
+        forest = Forest(trees)
+        estimates = forest.cap_by_ancestors(estimator.raw_estimates(trees, forest.depths, forest.path_probs()))
+        alone = rank_offers(forest, estimates, [o.limit for o in offers], 17).expected
+        [merged], [merged_est] = merge_offers([offers], forest.split(estimates), [16])
+        assert merged.source == "drafter+lookup+hidden" and len(merged.sources()) == 3
+        assert torch.equal(merged_est, forest_caps(merged.tree, merged_est))  # still monotone along paths
+        union = rank_offers(Forest([merged.tree]), merged_est, [merged.limit], 17)
+        assert bool((union.expected[0] >= alone.max(dim=0).values - 1e-12).all())
+        merged.tree.reorder(union.best(0))  # the best-first order puts parents first
+
+
+def forest_caps(tree: DraftTree, values: torch.Tensor) -> torch.Tensor:
+    return Forest([tree]).cap_by_ancestors(values)
