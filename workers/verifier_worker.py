@@ -474,9 +474,7 @@ class VerifierWorker:
         rows = [o.row for o in offers]
         max_width = 1 + int(ranking.limits.max())
         expected = best_by_row(rows, ranking.expected[:, :max_width], len(requests))
-        if max_width == 1:
-            width = 1
-        elif self.cost.is_known:
+        if self.cost.is_known:
             width = choose_width(expected, self.cost.table(len(requests), max(r.epoch for r in requests)))
         else:  # nothing measured yet: verify what the budget allows
             width = max_width
