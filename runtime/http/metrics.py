@@ -21,7 +21,8 @@ _COUNTERS = (
     ("tandem:spec_decode_num_drafts", "num_verifications", "Draft trees verified (one per verification)."),
     ("tandem:spec_decode_num_draft_tokens", "num_draft_tokens", "Draft tokens sent for verification."),
     ("tandem:generation_tokens", "num_generated", "Tokens generated (committed) for all requests."),
-    ("tandem:request_success", "num_finished", "Requests finished (stop or length)."),
+    ("tandem:request_success", "num_finished", "Requests finished (stop, length or cancelled)."),
+    ("tandem:request_cancelled", "num_cancelled", "Requests finished as cancelled (a Cancel or a client that left)."),
     ("tandem:request_errors", "num_errors", "Requests ended by an error (timeout, worker failure)."),
     ("tandem:verifier_busy_seconds", "verifier_busy_s", "Verifier compute time, summed over verifiers."),
     ("tandem:spec_decode_reroot_hits", "num_reroot_hits", "Verifications after which the verifier's held "

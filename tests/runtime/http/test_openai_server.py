@@ -318,6 +318,7 @@ def test_hang_up_cancels_a_non_streamed_request(deployment: Deployment, base_url
         after = wait_for_sync(client, lambda m: m["num_active"] == m["num_queued"] == 0
                               and all(w["num_requests"] == w["worker_num_requests"] == 0 for w in m["workers"]))
     assert cancelled["num_cancelled"] - before["num_cancelled"] == 1
+    assert scrape(base_url)[("tandem:request_cancelled_total", ())] == after["num_cancelled"]  # also on /metrics
     assert after["num_finished"] - before["num_finished"] == 1  # only as cancelled: not run to its 500 tokens
     assert after["num_generated"] - before["num_generated"] < 500
     if moment == "prefilling":
