@@ -55,6 +55,7 @@ class Forest:
         self.segment = np.repeat(np.arange(len(trees)), self.sizes)  # [N]: which tree
         self._depths = _cat([t.depths.numpy() for t in trees], np.int64)
         self._probs = _cat([t.probs.numpy() for t in trees], np.float32)
+        self._tokens = _cat([t.token_ids.numpy() for t in trees], np.int64)
         parents = _cat([t.parents.numpy() for t in trees], np.int64)
         self._parents = np.where(parents == ROOT, ROOT, parents + self.offsets[self.segment])
         self.max_depth = int(self._depths.max()) if self.num_nodes else 0
@@ -86,6 +87,26 @@ class Forest:
 
     def split(self, values: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.split(values, self.sizes.tolist()))
+
+    def on_paths(self, token_rows: Sequence[Sequence[int]]) -> np.ndarray:
+        """[N] bool: whether each node lies on the path its tree spells with token_rows[tree] (the nodes
+        `DraftTree.follow` returns, for every tree at once; among equal siblings the first one)."""
+        lengths = np.array([len(t) for t in token_rows], dtype=np.int64)
+        table = np.full((len(token_rows), max(int(lengths.max(initial=0)), 1)), -1, dtype=np.int64)
+        for i, tokens in enumerate(token_rows):
+            table[i, : len(tokens)] = tokens
+        depth = self._depths
+        reachable = depth <= lengths[self.segment]
+        match = reachable & (self._tokens == table[self.segment, np.clip(depth - 1, 0, table.shape[1] - 1)])
+        candidates = np.flatnonzero(match)
+        if candidates.size:  # equal siblings (a malformed tree): `follow` takes the lowest index
+            parents = self._parents[candidates]  # a tree's root: a parent of its own, past every node
+            parents = np.where(parents == ROOT, self.num_nodes + self.segment[candidates], parents)
+            keys = parents * (int(self._tokens.max()) + 1) + self._tokens[candidates]
+            _, first = np.unique(keys, return_index=True)
+            match[:] = False
+            match[candidates[first]] = True
+        return self._along_paths(match.astype(np.float64), np.minimum) > 0
 
 
 @dataclass(frozen=True)

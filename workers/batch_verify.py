@@ -44,14 +44,26 @@ class Verdict:
     guesses: torch.Tensor | None = None  # [k, V] float32: the last accepted entry's slots, when it was an anchor
 
 
-@torch.inference_mode()
 def verify_batch(target: TargetVerifier, cache: SlotCache, jobs: Sequence[VerifyJob],
                  maps: TransferMaps | None = None) -> list[Verdict]:
     """Verify every job's tree in one forward and keep each row's root + accepted path in its slot.
 
     With `maps` and anchors, the same forward runs the anchors' pseudo slots; the LM head then runs only on
     the slots of rows whose last accepted entry was an anchor (the guesses for the tokens after its bonus).
+    Rows run in slot order (verdicts come back in the jobs' order): slots that form a run are attended as
+    a view of the cache instead of a gather of every row's keys and values.
     """
+    order = sorted(range(len(jobs)), key=lambda i: jobs[i].slot)
+    verdicts = _verify_sorted(target, cache, [jobs[i] for i in order], maps)
+    out: list[Verdict | None] = [None] * len(jobs)
+    for i, verdict in zip(order, verdicts, strict=True):
+        out[i] = verdict
+    return [v for v in out if v is not None]
+
+
+@torch.inference_mode()
+def _verify_sorted(target: TargetVerifier, cache: SlotCache, jobs: Sequence[VerifyJob],
+                   maps: TransferMaps | None) -> list[Verdict]:
     rows = [Row.tree(job.root, job.tree) for job in jobs]
     slots, starts = [job.slot for job in jobs], [job.start for job in jobs]
     pseudo = None

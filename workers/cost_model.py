@@ -167,18 +167,24 @@ class CalibratedAcceptance:
         verdicts = [v for v in verdicts if v[1].numel()]
         if not verdicts:
             return
-        n = len(verdicts)
-        depths = torch.cat([tree.depths[index] for tree, index, _ in verdicts])
-        path_probs = torch.cat([tree.path_probs()[index] for tree, index, _ in verdicts])
-        accepted = torch.cat([ok.to(torch.float64) for _, _, ok in verdicts])
-        weights = torch.repeat_interleave(
-            self.decay ** torch.arange(n - 1, -1, -1, dtype=torch.float64),
-            torch.tensor([index.numel() for _, index, _ in verdicts]))
+        self.update_nodes(torch.cat([tree.depths[index] for tree, index, _ in verdicts]),
+                          torch.cat([tree.path_probs()[index] for tree, index, _ in verdicts]),
+                          torch.cat([ok for _, _, ok in verdicts]), [index.numel() for _, index, _ in verdicts])
+
+    def update_nodes(self, depths: torch.Tensor, path_probs: torch.Tensor, accepted: torch.Tensor,
+                     sizes: Sequence[int]) -> None:
+        """`update_many` on verdicts already laid end to end: their nodes' depths, path probabilities and
+        verdicts, `sizes[i]` nodes of the i-th verification (each > 0), in order."""
+        n = len(sizes)
+        if n == 0:
+            return
+        weights = torch.repeat_interleave(self.decay ** torch.arange(n - 1, -1, -1, dtype=torch.float64),
+                                          torch.as_tensor(list(sizes), dtype=torch.long))
         cell_depths, bins = self._cells(depths, path_probs)
         self.seen *= self.decay ** n
         self.accepted *= self.decay ** n
         self.seen.index_put_((cell_depths, bins), weights, accumulate=True)
-        self.accepted.index_put_((cell_depths, bins), accepted * weights, accumulate=True)
+        self.accepted.index_put_((cell_depths, bins), accepted.to(torch.float64) * weights, accumulate=True)
 
 
 class LearnedAcceptance:

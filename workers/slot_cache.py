@@ -33,7 +33,8 @@ class CacheFullError(ValueError):
 @dataclass(frozen=True)
 class _Batch:
     slots: torch.Tensor  # [B] slot of each row (on the cache's device)
-    positions: torch.Tensor  # [B, 1, W] where row b writes its W new entries
+    index: torch.Tensor  # [B, kv_heads, W] where row b writes its W new entries: rows of a layer's tensor
+    # viewed as [-1, head_dim] (slot, head, position flattened), computed once per forward for every layer
     kv_len: int  # keys every row attends over: [0, kv_len)
     first: int | None  # the slots are first, first+1, ...: attend over a view instead of a gather
 
@@ -167,8 +168,10 @@ class SlotCache(Cache):
         is_run = allow_view and list(slots) == list(range(slots[0], slots[0] + len(slots)))
         first = slots[0] if is_run else None
         positions = torch.tensor(starts, dtype=torch.long)[:, None, None] + torch.arange(width)[None, None, :]
-        self.batch = _Batch(torch.tensor(list(slots), dtype=torch.long, device=device), positions.to(device),
-                            kv_len, first)
+        kv_heads = self.keys[0].shape[1]
+        rows = torch.tensor(list(slots), dtype=torch.long)[:, None, None] * kv_heads + torch.arange(kv_heads)[:, None]
+        self.batch = _Batch(torch.tensor(list(slots), dtype=torch.long, device=device),
+                            (rows * self.max_len + positions).to(device), kv_len, first)
         return kv_len
 
     def end(self) -> None:
@@ -181,11 +184,11 @@ class SlotCache(Cache):
         if batch is None:
             raise RuntimeError("SlotCache.begin() must be called before a forward")
         keys, values = self.keys[layer], self.values[layer]
-        heads = torch.arange(keys.shape[1], device=keys.device)[None, :, None]
         # a layer may bring fewer entries than `width` (Hidden Transfer's slots join the upper layers only)
-        index = (batch.slots[:, None, None], heads, batch.positions[..., : key_states.shape[2]])
-        keys.index_put_(index, key_states.to(keys.dtype))
-        values.index_put_(index, value_states.to(values.dtype))
+        index = batch.index[..., : key_states.shape[2]].reshape(-1)
+        dim = keys.shape[-1]
+        keys.view(-1, dim).index_copy_(0, index, key_states.to(keys.dtype).reshape(-1, dim))
+        values.view(-1, dim).index_copy_(0, index, value_states.to(values.dtype).reshape(-1, dim))
         if batch.first is not None:
             rows = slice(batch.first, batch.first + batch.slots.numel())
             return keys[rows, :, : batch.kv_len], values[rows, :, : batch.kv_len]

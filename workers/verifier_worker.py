@@ -41,7 +41,7 @@ from workers.batch_choice import Forest, Offer, Ranking, best_by_row, merge_offe
 from workers.batch_cost import BatchCost
 from workers.batch_verify import Verdict, VerifyJob, prefill_batch, verify_batch
 from workers.compiled_forward import CompiledForward, bucket
-from workers.cost_model import choose_width, make_acceptance
+from workers.cost_model import CalibratedAcceptance, choose_width, make_acceptance
 from workers.drafters.ngram import trie_from_rows
 from workers.hidden_source import HiddenSource
 from workers.logprobs import committed_rows, prompt_logprobs, token_logprobs
@@ -425,21 +425,35 @@ class VerifierWorker:
         verification of no node teaches the estimates about depth 1. Verified nodes deeper than that
         were rejected (an ancestor was). Deeper unverified nodes are unknown and left out.
         """
-        settled: dict[tuple[bool, str], list[tuple[DraftTree, torch.Tensor, torch.Tensor]]] = {}
-        for request, job, verdict in zip(requests, jobs, verdicts, strict=True):
-            tokens = verdict_tokens(job.tree, verdict)
-            verified = request.verified_index.numpy() if job.tree.num_nodes else np.zeros(0, dtype=np.int64)
-            for held, source, where in request.chosen_parts:
-                if held.num_nodes == 0:
-                    continue
-                on_path = torch.zeros(held.num_nodes, dtype=torch.bool)
-                on_path[held.follow(tokens)] = True
-                # the verified nodes are the first ones of the offered tree's best-first order
-                known = (held.depths <= len(tokens)) | torch.from_numpy(np.isin(where, verified))
-                index = torch.nonzero(known).flatten()
-                settled.setdefault((request.params.is_greedy, source), []).append((held, index, on_path[index]))
-        for key, items in settled.items():
-            self.acceptance[key].update_many(items)
+        parts = [(request, held, source, where, verdict_tokens(job.tree, verdict),
+                  request.verified_index.numpy() if job.tree.num_nodes else np.zeros(0, dtype=np.int64))
+                 for request, job, verdict in zip(requests, jobs, verdicts, strict=True)
+                 for held, source, where in request.chosen_parts if held.num_nodes]
+        if not parts:
+            return
+        forest = Forest([held for _, held, _, _, _, _ in parts])
+        on_path = forest.on_paths([tokens for *_, tokens, _ in parts])
+        lengths = np.array([len(tokens) for *_, tokens, _ in parts], dtype=np.int64)
+        verified = np.concatenate([np.isin(where, chosen) for _, _, _, where, _, chosen in parts])
+        known = (forest.depths.numpy() <= lengths[forest.segment]) | verified
+        groups: dict[tuple[bool, str], list[int]] = {}
+        for i, (request, _, source, *_) in enumerate(parts):
+            groups.setdefault((request.params.is_greedy, source), []).append(i)
+        path_probs = torch.cat([held.path_probs() for _, held, *_ in parts])
+        for key, members in groups.items():
+            estimator = self.acceptance[key]
+            local = [(i, np.flatnonzero(known[forest.offsets[i]: forest.offsets[i] + forest.sizes[i]]))
+                     for i in members]
+            local = [(i, index) for i, index in local if index.size]
+            if not local:
+                continue
+            if isinstance(estimator, CalibratedAcceptance):  # every verdict of the group in one update
+                index = torch.from_numpy(np.concatenate([forest.offsets[i] + index for i, index in local]))
+                estimator.update_nodes(forest.depths[index], path_probs[index],
+                                       torch.from_numpy(on_path)[index], [index.size for _, index in local])
+            else:  # its features need each tree: the per-tree update
+                estimator.update_many([(parts[i][1], torch.from_numpy(index),
+                                        torch.from_numpy(on_path[forest.offsets[i] + index])) for i, index in local])
 
     def _choose_batch(self, requests: list[VerifierRequest]) -> list[DraftTree]:
         """Each request's nodes to verify, chosen for the whole batch (docs/design.md §4, batching).

@@ -25,9 +25,12 @@ log = logging.getLogger(__name__)
 
 
 def load_methods(drafters: tuple[str, ...]) -> list[str]:
-    """The peers that batch, then tandem-off, then every mode x drafter."""
+    """The peers that batch, then tandem-off, then every mode x drafter, then the async variants
+    (Hidden Transfer alone or beside a drafter, target-initialised candidates)."""
     return [*LOAD_PEERS, "tandem-off",
-            *(tandem.method_name(mode, kind) for kind in drafters for mode in ("sync", "async"))]
+            *(tandem.method_name(mode, kind) for kind in drafters for mode in ("sync", "async")),
+            *(tandem.method_name("async", variant) for variant, (kind, _, _) in tandem.VARIANTS.items()
+              if kind is None or kind in drafters)]
 
 
 def run_load(plan: Plan, methods: list[str], settings: LoadSettings, out_dir: Path) -> dict[str, Any]:
@@ -72,9 +75,10 @@ def _run_peers(plan: Plan, peers: list[str], settings: LoadSettings, tick: Calla
 def _run_tandem(plan: Plan, name: str, settings: LoadSettings, tmp: Path,
                 on_request: Callable[[], None]) -> list[LevelRun]:
     mode, kind = tandem.parse_method(name)
+    kind, sections, _ = tandem.VARIANTS.get(kind or "", (kind, {}, False))
     drafter = tandem.drafter_section(plan.base, kind, plan.drafters[kind]) if kind else None
     path = tandem.write_variant(plan.base, tmp, name, mode, drafter, settings.max_new_tokens,
-                                concurrency=max(settings.levels))
+                                concurrency=max(settings.levels), sections=sections)
     try:
         return run_tandem_load(name, path, settings, on_request)
     except (OSError, ValueError, RuntimeError) as exc:  # TandemError included; one method's failure is its rows

@@ -77,7 +77,8 @@ def test_coordinator_says_which_port_it_cannot_bind(models: dict[str, Path], tmp
     squatter.bind(address)
     try:
         result = subprocess.run([sys.executable, str(SCRIPTS / "coordinator.py"), "--config", str(config)],
-                                capture_output=True, text=True, timeout=120)
+                                capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "PYTHONPATH": str(SCRIPTS.parent)})  # this checkout's code
     finally:
         squatter.close(linger=0)
         context.term()

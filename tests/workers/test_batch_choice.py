@@ -175,3 +175,48 @@ def test_merged_offer_commits_at_least_the_best_source_at_every_width() -> None:
 
 def forest_caps(tree: DraftTree, values: torch.Tensor) -> torch.Tensor:
     return Forest([tree]).cap_by_ancestors(values)
+
+
+def test_on_paths_equals_follow_for_every_tree() -> None:
+    """Every tree's nodes on the path its own committed tokens spell, as `DraftTree.follow` finds them,
+    including trees with equal siblings (follow takes the lowest index) and rows of tokens that miss."""
+    for seed in range(20):
+        rng = random.Random(seed)
+        trees = [random_tree(rng, rng.choice([1, 3, 8, 30])) for _ in range(rng.randrange(1, 7))]
+        trees += trees[:2]  # the same tree twice: equal tokens under different trees' roots are no siblings
+        token_rows = []
+        for tree in trees:
+            node = rng.randrange(tree.num_nodes)  # a path that exists, then maybe tokens beyond it
+            chain = []
+            while node >= 0:
+                chain.append(int(tree.token_ids[node]))
+                node = int(tree.parents[node])
+            row = chain[::-1] + [rng.randrange(100) for _ in range(rng.randrange(3))]
+            token_rows.append(row if rng.random() < 0.8 else [rng.randrange(100) for _ in range(rng.randrange(5))])
+        token_rows[len(trees) - 2:] = token_rows[:2]
+        on_path = Forest(trees).on_paths(token_rows)
+        expected = []
+        for tree, row in zip(trees, token_rows, strict=True):
+            mask = [False] * tree.num_nodes
+            for node in tree.follow(row):
+                mask[node] = True
+            expected += mask
+        assert on_path.tolist() == expected
+
+
+def test_update_nodes_equals_update_many() -> None:
+    for seed in range(5):
+        trees = random_forest(seed)
+        rng = random.Random(seed)
+        verdicts = []
+        for tree in trees:
+            index = torch.nonzero(tree.depths <= rng.randrange(1, 4)).flatten()
+            accepted = torch.rand(index.numel(), generator=torch.Generator().manual_seed(seed)) < 0.5
+            verdicts.append((tree, index, accepted))
+        many, nodes = trained_estimator(seed), trained_estimator(seed)
+        many.update_many(verdicts)
+        kept = [v for v in verdicts if v[1].numel()]
+        nodes.update_nodes(torch.cat([t.depths[i] for t, i, _ in kept]),
+                           torch.cat([t.path_probs()[i] for t, i, _ in kept]),
+                           torch.cat([a for _, _, a in kept]), [i.numel() for _, i, _ in kept])
+        assert torch.equal(many.seen, nodes.seen) and torch.equal(many.accepted, nodes.accepted)

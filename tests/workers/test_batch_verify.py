@@ -33,16 +33,22 @@ def slot_cache(model: object, slots: int = 6, max_len: int = 128) -> SlotCache:
     return SlotCache.for_model(model.config, slots, max_len, torch.float32, "cpu")  # type: ignore[attr-defined]
 
 
+# rows in another order than their slots: a run of slots (verified as a view of the cache, rows sorted by
+# slot and the verdicts put back in the jobs' order) or slots with holes between them (a gather)
+LAYOUTS = {"run": [2, 0, 3, 1], "holes": [4, 0, 5, 2]}
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_batched_rows_equal_batch_one_logits(arch: str, attn: str) -> None:
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_batched_rows_equal_batch_one_logits(arch: str, attn: str, layout: str) -> None:
     extra = {"sliding_window": 12} if arch == "mistral" else {}  # prefixes longer than the window
     model = tiny_model(arch, attn=attn, **extra)
     verifier = TargetVerifier(model)
     cache = slot_cache(model)
     lengths, sizes = [30, 7, 19, 44], [20, 0, 3, 9]  # mixed prompt lengths and tree sizes
-    slots = [cache.allocate() for _ in lengths]
-    slots = [slots[2], slots[0], slots[3], slots[1]]  # rows in another order than the slots: a gather
+    every = [cache.allocate() for _ in range(6)]
+    slots = [every[i] for i in LAYOUTS[layout]]
     texts = prompts(lengths)
     prefill_batch(verifier, cache, slots, [0] * 4, [t[:-1] for t in texts])
     trees = [random_tree(n, 96, seed=i) if n else DraftTree.empty() for i, n in enumerate(sizes)]
@@ -124,3 +130,25 @@ def test_slots_are_bounded_and_released() -> None:
     cache.release(a)
     assert cache.allocate() == a and b == 1
     assert cache.nbytes == SlotCache.bytes_needed(model.config, 2, 16, torch.float32)
+
+
+@pytest.mark.parametrize("slots", [[1, 2, 3], [3, 0, 2]])
+def test_write_puts_each_rows_entries_at_its_positions(slots: list[int]) -> None:
+    """Every layer's write lands row b's entries in slot slots[b] at starts[b] .. (fewer entries than the
+    width too: Hidden Transfer's slots join the upper layers only) and returns each row's [0, kv_len)."""
+    cache = SlotCache(num_layers=2, num_slots=4, kv_heads=2, max_len=16, head_dim=3)
+    starts, width = [5, 0, 9], 4
+    kv_len = cache.begin(slots, starts, width)
+    assert kv_len == 13 and (cache.batch is not None) and (cache.batch.first is not None) == (slots == [1, 2, 3])
+    gen = torch.Generator().manual_seed(0)
+    for layer, brought in ((0, width), (1, width - 1)):
+        keys, values = (torch.randn(3, 2, brought, 3, generator=gen) for _ in range(2))
+        seen_keys, seen_values = cache.write(layer, keys, values)
+        for b, (slot, start) in enumerate(zip(slots, starts, strict=True)):
+            assert torch.equal(cache.keys[layer][slot, :, start: start + brought], keys[b])
+            assert torch.equal(cache.values[layer][slot, :, start: start + brought], values[b])
+            assert torch.equal(seen_keys[b], cache.keys[layer][slot, :, :kv_len])
+            assert torch.equal(seen_values[b], cache.values[layer][slot, :, :kv_len])
+    untouched = [s for s in range(4) if s not in slots]
+    assert all(not cache.keys[0][s].any() for s in untouched)
+    cache.end()

@@ -127,6 +127,8 @@ class BatchedDrafter(Drafter):
         runs = [i for i, plan in enumerate(plans) if plan is not None and plan.row is not None]
         hidden: dict[int, torch.Tensor] = {}
         for group in _groups(runs, [plans[i].row.width for i in runs]):  # type: ignore[union-attr]
+            # in slot order: a run of slots is attended as a view of the cache, not a gather
+            group = sorted(group, key=lambda i: sessions[i]._own_slot())  # type: ignore[attr-defined]
             outputs = self._run([sessions[i] for i in group], [plans[i] for i in group])  # type: ignore[misc]
             hidden.update(zip(group, outputs, strict=True))
         for i, (session, plan) in enumerate(zip(sessions, plans, strict=True)):

@@ -41,8 +41,23 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pa
 
 
 def test_load_methods_are_the_batching_peers_then_tandem() -> None:
+    """Variants come after the modes, each only where its drafter is on offer (Hidden Transfer alone needs none)."""
     assert load_methods(("ngram",)) == ["hf-generate", "hf-generate-batch", "tandem-off", "tandem-sync-ngram",
-                                        "tandem-async-ngram"]
+                                        "tandem-async-ngram", "tandem-async-hidden"]
+    assert load_methods(("falcon",))[-3:] == ["tandem-async-hidden", "tandem-async-falcon-hidden",
+                                              "tandem-async-falcon-cand3"]
+
+
+def test_a_lossy_variant_is_not_compared_with_the_reference() -> None:
+    from runtime.bench.load_records import LevelRun, LoadRecord
+    from runtime.bench.load_report import level_row
+
+    records = [LoadRecord(0, token_ids=[1, 2, 3], chunk_s=[0.1], chunk_tokens=[3])]
+    run = LevelRun("tandem-async-falcon-cand3", "tandem", 1, {}, records, 1.0, None, {})
+    row = level_row(run, [[9, 9, 9]], 3)
+    assert row["lossy"] and row["equals_reference"] is None
+    exact = level_row(LevelRun("tandem-async-falcon", "tandem", 1, {}, records, 1.0, None, {}), [[9, 9, 9]], 3)
+    assert not exact["lossy"] and exact["equals_reference"] is False
 
 
 def test_every_tandem_output_equals_batch_1_greedy_generate(result: tuple[dict[str, Any], Path]) -> None:
