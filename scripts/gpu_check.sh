@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, prepared to run in one go (about 9 minutes) on a machine with one CUDA GPU:
 #   1. the tests that use CUDA (-m gpu: lossless on cuda in fp32, batched rows against batch-1 in fp32/bf16)
-#   2. the load bench at concurrency 1 and 16 on the demo models (configs/one_gpu.yaml, fp32)
+#   2. the load bench at concurrency 1 and 16 on the demo models (configs/one_gpu.yaml, fp32), Hidden Transfer
+#      alone among the methods (its slot rows should cost next to nothing on a GPU)
 #   3. the load bench in scale mode: a random-weight Llama-3-8B-like target in bf16 with an oracle drafter
 # Everything goes to one folder: bash scripts/gpu_check.sh [OUT_DIR]   (default: $OUT, else gpu_check_out)
 # Python packages missing on the GPU image (pyzmq, pytest-asyncio, ...) may come as wheels in .whl/
@@ -33,9 +34,9 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $out/NAM
   "$py" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda,
 'transformers', transformers.__version__)"; } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt" | tee -a "$out/summary.txt"
-step tests 150 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/workers/test_cuda.py
-step demo_load 170 "$py" scripts/bench.py --config configs/one_gpu.yaml --concurrency 1,16 --num-requests 16 \
-  --methods 'hf-generate,hf-generate-batch,tandem-off,tandem-async-falcon,tandem-sync-falcon' \
+step tests 130 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/workers/test_cuda.py
+step demo_load 190 "$py" scripts/bench.py --config configs/one_gpu.yaml --concurrency 1,16 --num-requests 16 \
+  --methods 'hf-generate,hf-generate-batch,tandem-off,tandem-async-falcon,tandem-sync-falcon,tandem-async-hidden' \
   --max-new-tokens 64 --out "$out/demo_load"
 step scale_load 200 "$py" scripts/bench.py --config configs/one_gpu.yaml --scale --concurrency 1,16 \
   --num-requests 16 --methods 'hf-generate,tandem-off,tandem-async-oracle' --max-new-tokens 64 \
