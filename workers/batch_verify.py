@@ -120,6 +120,26 @@ def _with_guesses(target: TargetVerifier, verdicts: list[Verdict], jobs: Sequenc
 
 
 @torch.inference_mode()
+def prefill_guessing(target: TargetVerifier, cache: SlotCache, slots: Sequence[int], starts: Sequence[int],
+                     chunks: Sequence[Sequence[int]], maps: TransferMaps,
+                     anchors: Sequence[Sequence[int]]) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """`prefill_batch` in which a row with an anchor (its prompt's last entry) also runs that entry's Hidden
+    Transfer slots: returns the chunks' states and per row the guesses [k, V] for the k tokens after the
+    first generated one (None without an anchor). The slots' keys and values stay beyond the kept prefix."""
+    rows = [Row.chunk(chunk) for chunk in chunks]
+    hidden, pseudo = target.forward_rows_pseudo(cache, slots, starts, rows, maps, anchors)
+    for slot, start, chunk in zip(slots, starts, chunks, strict=True):
+        cache.set_length(slot, start + len(chunk))
+    k = maps.config.num_offsets
+    picks = [b for b, chosen in enumerate(anchors) if chosen]
+    guesses: list[torch.Tensor | None] = [None] * len(chunks)
+    if picks:
+        for b, logits in zip(picks, target.logits(torch.stack([pseudo[b, :k] for b in picks])), strict=True):
+            guesses[b] = logits
+    return [hidden[b, : len(chunk)] for b, chunk in enumerate(chunks)], guesses
+
+
+@torch.inference_mode()
 def prefill_batch(target: TargetVerifier, cache: SlotCache, slots: Sequence[int], starts: Sequence[int],
                   chunks: Sequence[Sequence[int]]) -> list[torch.Tensor]:
     """Cache one prompt chunk per slot (written after `starts`); returns each chunk's hidden states [n, H]."""

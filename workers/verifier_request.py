@@ -39,6 +39,7 @@ class PrefillProgress:
     num_prompt_logprobs: int | None = None  # the prompt's log-probabilities are wanted (N alternatives)
     prompt_logprobs: list[Logprobs] = field(default_factory=list)  # per chunk
     donor: str = ""  # a sibling with the same prompt, still prefilling: wait, then copy its cache
+    guesses: torch.Tensor | None = None  # [k, V] Hidden Transfer's guesses after the first token (last chunk)
 
     @property
     def remaining(self) -> int:

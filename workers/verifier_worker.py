@@ -39,7 +39,7 @@ from protocol.params import SamplingParams
 from protocol.trace import tracer
 from workers.batch_choice import Forest, Offer, Ranking, best_by_row, merge_offers, pick_offers, rank_offers
 from workers.batch_cost import BatchCost
-from workers.batch_verify import Verdict, VerifyJob, prefill_batch, verify_batch
+from workers.batch_verify import Verdict, VerifyJob, prefill_batch, prefill_guessing, verify_batch
 from workers.compiled_forward import CompiledForward, bucket
 from workers.cost_model import CalibratedAcceptance, choose_width, make_acceptance
 from workers.drafters.ngram import trie_from_rows
@@ -102,7 +102,7 @@ class VerifierWorker:
         self.counters = {"num_verifications": 0, "num_drafts": 0, "num_drafts_dropped": 0, "num_nodes_verified": 0,
                          "num_drafts_malformed": 0, "num_lookups": 0, "num_batches": 0, "num_prefill_chunks": 0,
                          "num_failed": 0, "num_prefixes_shared": 0, "num_hidden_trees": 0,
-                         "num_hidden_verifications": 0, "num_hidden_accepted": 0}
+                         "num_hidden_verifications": 0, "num_hidden_accepted": 0, "num_prefill_guesses": 0}
         self._order: list[str] = []  # round-robin order of request ids
         self._prefill_turn = True  # prefill chunks and verifications alternate while both are due
 
@@ -304,18 +304,24 @@ class VerifierWorker:
         replies: list[Message] = []
         if not rows:
             return replies
+        anchors = [self._prefill_anchors(self.requests[r], p, take) for r, p, take in rows]
+        slots, starts = [self.requests[r].slot for r, _, _ in rows], [p.done for _, p, _ in rows]
+        chunks = [p.token_ids[p.done: p.done + take] for _, p, take in rows]
         try:
             with tracer.span("prefill", rows=len(rows), tokens=self.prefill_chunk - budget):
-                hidden = prefill_batch(self.target, self.cache, [self.requests[r].slot for r, _, _ in rows],
-                                       [p.done for _, p, _ in rows],
-                                       [p.token_ids[p.done: p.done + take] for _, p, take in rows])
+                if self.hidden is not None and any(anchors):
+                    hidden, guesses = prefill_guessing(self.target, self.cache, slots, starts, chunks,
+                                                       self.hidden.maps, anchors)
+                else:
+                    hidden, guesses = prefill_batch(self.target, self.cache, slots, starts, chunks), [None] * len(rows)
         except Exception as err:  # one forward for several prompts: retry them alone so only the culprit fails
             if len(rows) == 1:
                 return [self._fail(rows[0][0], err)]
             return [reply for r, _, _ in rows for reply in self._prefill_step([r])]
         self.counters["num_prefill_chunks"] += 1
         elapsed = (time.perf_counter() - start) / len(rows)
-        for (request_id, progress, take), states in zip(rows, hidden, strict=True):
+        for (request_id, progress, take), states, guess in zip(rows, hidden, guesses, strict=True):
+            progress.guesses = guess
             if progress.num_prompt_logprobs is not None:
                 progress.prompt_logprobs.append(prompt_logprobs(self.target.logits(states), progress.token_ids,
                                                                 progress.done, progress.num_prompt_logprobs))
@@ -327,6 +333,16 @@ class VerifierWorker:
             if progress.remaining == 0:
                 replies.append(self._prefilled(request_id, request))
         return replies
+
+    def _prefill_anchors(self, request: VerifierRequest, progress: PrefillProgress, take: int) -> tuple[int, ...]:
+        """The prompt's last entry gets Hidden Transfer slots when this chunk ends the prompt and the first token
+        is sampled here: their guesses become the first tree, under that token (so the first verification
+        has one too). The slots sit right after the prompt, inside the model's context and the slot."""
+        if self.hidden is None or take != progress.remaining or not progress.sample_next or request.mode == "off" \
+                or request.max_tree_nodes == 0:
+            return ()
+        end = len(progress.token_ids) + self.hidden.num_offsets
+        return (take - 1,) if end < self.target.max_positions and end <= self.cache.max_len else ()
 
     def _prefilled(self, request_id: str, request: VerifierRequest) -> Committed:
         """The last chunk is cached: sample the first token of a new request, reply with the features."""
@@ -343,6 +359,11 @@ class VerifierWorker:
             if request.num_logprobs is not None:
                 logprobs = token_logprobs(logits[None], tokens, request.num_logprobs)
             request.commit(tokens)
+            if progress.guesses is not None and self.hidden is not None:  # the first tree, under the first token
+                request.hidden.tree = self.hidden.tree(progress.guesses, request.max_tree_nodes)
+                request.hidden.epoch = request.epoch
+                self.counters["num_hidden_trees"] += 1
+                self.counters["num_prefill_guesses"] += 1
         features = torch.cat(progress.features) if request.want_features and progress.features else None
         prompt = Logprobs.concat(progress.prompt_logprobs) if progress.num_prompt_logprobs is not None else None
         return self._committed(request_id, progress.epoch, tokens, 0, 0, features, progress.compute_s,

@@ -158,3 +158,36 @@ def test_cache_after_acceptance_equals_a_fresh_prefill(arch: str) -> None:
         prefill_batch(verifier, fresh, [slot], [0], [committed])
         for (keys, values), (keys_ref, values_ref) in zip(cache.entries(job.slot), fresh.entries(slot), strict=True):
             assert torch.allclose(keys, keys_ref, atol=1e-5) and torch.allclose(values, values_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_prefill_with_guesses_keeps_the_prefill_and_guesses_after_the_first_token(arch: str) -> None:
+    """A prompt's last chunk with its last entry as the anchor: the chunk's states and the cache equal a plain
+    prefill (rows in one batch, one without an anchor), and a slot fed the real states of the first token and
+    the one after it gives their real rows' logits: the guesses are for the tokens after the first one."""
+    from workers.batch_verify import prefill_guessing
+
+    model = tiny_model(arch, num_layers=3)
+    verifier = TargetVerifier(model)
+    config = HiddenConfig.for_target(model.config, LAYER, K)
+    texts = prompts([20, 9])
+    plain_cache, cache = slot_cache(model), slot_cache(model)
+    plain_slots = [plain_cache.allocate() for _ in texts]
+    slots = [cache.allocate() for _ in texts]
+    plain = prefill_batch(verifier, plain_cache, plain_slots, [0, 0], texts)
+    continued = texts[0] + torch.randint(3, 96, (K,), generator=torch.Generator().manual_seed(4)).tolist()
+    fed = layer_states(model, continued)[20: 20 + K][None, None]  # the first token's and the next ones' states
+    fed = torch.cat([fed, torch.zeros_like(fed)])  # row 1 has no anchor: its padding slots hold anything
+    states, guesses = prefill_guessing(verifier, cache, slots, [0, 0], texts, FixedSlots(config, fed),  # type: ignore[arg-type]
+                                       [(19,), ()])
+    for mine, ref in zip(states, plain, strict=True):
+        assert torch.allclose(mine, ref, atol=1e-5) and torch.equal(mine.argmax(-1), ref.argmax(-1))
+    for slot, plain_slot in zip(slots, plain_slots, strict=True):
+        assert cache.lengths[slot] == plain_cache.lengths[plain_slot]
+        for (keys, values), (keys_ref, values_ref) in zip(cache.entries(slot), plain_cache.entries(plain_slot),
+                                                          strict=True):
+            assert torch.allclose(keys, keys_ref, atol=1e-5) and torch.allclose(values, values_ref, atol=1e-5)
+    assert guesses[1] is None and guesses[0] is not None and guesses[0].shape == (K, 96)
+    with torch.no_grad():
+        expected = model(torch.tensor([continued])).logits[0, 20: 20 + K]
+    assert torch.allclose(guesses[0], expected, atol=1e-4)

@@ -125,3 +125,17 @@ def test_shipped_config_loads_without_a_drafter() -> None:
     config = TandemConfig.load(REPO_ROOT / "configs" / "hidden.yaml")
     assert config.drafter is None and not config.uses_drafter
     assert config.verifier.hidden_transfer == str(REPO_ROOT / "models" / "demo" / "hidden")  # made absolute
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_first_verification_has_the_prefills_guesses(mode: str) -> None:
+    """The prompt's last entry runs Hidden Transfer slots in the prefill, so the first verification (which
+    commits the second token) already holds a guess tree; before, it had none. Output still equals generate."""
+    model = tiny_model("llama", seed=11, num_layers=3)
+    run = engine(model, mode, None, local_lookup=False)  # no other source: a verified guess tree is the prefill's
+    verifier = run.handlers[b"v"]
+    for seed, length in enumerate([6, 30]):
+        ids = prompt(length, seed)
+        assert run.generate(ids, max_new_tokens=2, ignore_eos=True).token_ids == hf_greedy(model, ids, 2)
+    assert verifier.counters["num_prefill_guesses"] == 2
+    assert verifier.counters["num_verifications"] == 2 and verifier.counters["num_hidden_verifications"] == 2
