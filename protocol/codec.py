@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -26,15 +26,17 @@ def encode(message: Message) -> list[Any]:
     """Message -> frames: [header bytes, tensor buffers...]."""
     header: dict[str, Any] = {"type": message.TYPE}
     buffers: list[Any] = []
-    for f in dataclasses.fields(message):  # type: ignore[arg-type]
-        value = getattr(message, f.name)
-        if isinstance(value, Blob):
-            header[f.name] = {_BLOB_KEY: len(buffers), "dtype": value.dtype, "shape": list(value.shape)}
+    for name in _schema(type(message)).names:
+        value = getattr(message, name)
+        if value is None or type(value) in _PLAIN:
+            header[name] = value
+        elif isinstance(value, Blob):
+            header[name] = {_BLOB_KEY: len(buffers), "dtype": value.dtype, "shape": list(value.shape)}
             buffers.append(value.data)
         elif dataclasses.is_dataclass(value):  # a record of plain values (e.g. Logprobs): a map
-            header[f.name] = dataclasses.asdict(value)  # type: ignore[arg-type]
+            header[name] = dataclasses.asdict(value)  # type: ignore[arg-type]
         else:
-            header[f.name] = value
+            header[name] = value
     return [msgpack.packb(header, use_bin_type=True), *buffers]
 
 
@@ -47,19 +49,48 @@ def decode(frames: Sequence[Any]) -> Message:
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError(f"unknown message type {kind!r}")
-    hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    extra = set(header) - set(fields)
+    schema = _schema(cls)
+    extra = header.keys() - schema.name_set
     if extra:
         raise ProtocolError(f"{cls.TYPE}: unknown fields {sorted(extra)}")
     values: dict[str, Any] = {}
-    for name, f in fields.items():
+    for name, check in schema.checks:
         if name not in header:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if name in schema.required:
                 raise ProtocolError(f"{cls.TYPE}: missing field {name!r}")
             continue
-        values[name] = _check(cls.TYPE, name, header[name], hints[name], frames)
+        values[name] = check(cls.TYPE, name, header[name], frames)
     return cls(**values)
+
+
+_PLAIN = frozenset({int, float, str, bool, bytes, list})  # sent as they are (a list holds plain values)
+Check = Callable[[str, str, Any, Sequence[Any]], Any]  # (message type, field, value, frames) -> value
+
+
+@dataclasses.dataclass(frozen=True)
+class _Schema:
+    """A message (or record) class's fields and one prepared check per field, built once per class."""
+
+    names: tuple[str, ...]
+    name_set: frozenset[str]
+    required: frozenset[str]
+    checks: tuple[tuple[str, Check], ...]
+
+
+_SCHEMAS: dict[type, _Schema] = {}
+
+
+def _schema(cls: type) -> _Schema:
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        fields = dataclasses.fields(cls)
+        hints = _hints(cls)
+        names = tuple(f.name for f in fields)
+        required = frozenset(f.name for f in fields
+                             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        schema = _SCHEMAS[cls] = _Schema(names, frozenset(names), required,
+                                         tuple((f.name, _checker(hints[f.name])) for f in fields))
+    return schema
 
 
 def _unpack_header(frame: Any) -> dict[str, Any]:
@@ -81,48 +112,58 @@ def _hints(cls: type) -> dict[str, Any]:
     return _HINTS[cls]
 
 
-def _check(kind: str, name: str, value: Any, hint: Any, frames: Sequence[Any]) -> Any:
-    """Validate one field against its annotation; turn blob references into Blobs."""
+def _checker(hint: Any) -> Check:
+    """The check of a field annotated `hint` (turning blob references into Blobs), prepared once per class:
+    the annotation is read here, not for every value."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        inner = _checker(next(a for a in args if a is not type(None)))
+        if type(None) not in args:
+            return inner
+
+        def optional(kind: str, name: str, value: Any, frames: Sequence[Any]) -> Any:
+            return None if value is None else inner(kind, name, value, frames)
+        return optional
     if hint is Blob:
-        return _blob(kind, name, value, frames)
+        return _blob
     if dataclasses.is_dataclass(hint):
-        return _record(kind, name, value, hint)
-    if hint is Any or _matches(value, hint, origin, args):
-        return value
-    raise ProtocolError(f"{kind}.{name}: expected {_name(hint)}, got {type(value).__name__} {value!r:.60}")
+        return lambda kind, name, value, frames: _record(kind, name, value, hint)
+    if hint is Any:
+        return lambda kind, name, value, frames: value
+    matches = _matcher(hint)
+
+    def check(kind: str, name: str, value: Any, frames: Sequence[Any]) -> Any:
+        if matches(value):
+            return value
+        raise ProtocolError(f"{kind}.{name}: expected {_name(hint)}, got {type(value).__name__} {value!r:.60}")
+    return check
 
 
-def _matches(value: Any, hint: Any, origin: Any, args: tuple[Any, ...]) -> bool:
+def _matcher(hint: Any) -> Callable[[Any], bool]:
+    """Whether a plain value fits `hint` (int and float refuse bools; list[T] checks every element)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is list:
-        inner, inner_args = typing.get_origin(args[0]), typing.get_args(args[0])
-        return isinstance(value, list) and all(_matches(v, args[0], inner, inner_args) for v in value)
+        inner = _matcher(args[0])
+        return lambda value: isinstance(value, list) and all(inner(v) for v in value)
     if origin is dict:
-        return isinstance(value, dict)
+        return lambda value: isinstance(value, dict)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
+        return lambda value: isinstance(value, int) and not isinstance(value, bool)
+    return lambda value: isinstance(value, hint)
 
 
 def _record(kind: str, name: str, value: Any, cls: Any) -> Any:
     """A nested record (a dataclass of plain values, sent as a map): every field checked, then built."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    if not isinstance(value, dict) or set(value) - set(fields):
-        raise ProtocolError(f"{kind}.{name}: expected a {cls.__name__} map with fields {sorted(fields)}, "
+    schema = _schema(cls)
+    if not isinstance(value, dict) or value.keys() - schema.name_set:
+        raise ProtocolError(f"{kind}.{name}: expected a {cls.__name__} map with fields {sorted(schema.names)}, "
                             f"got {value!r:.60}")
-    hints = _hints(cls)
-    missing = [n for n, f in fields.items() if n not in value and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in schema.names if n in schema.required and n not in value]
     if missing:
         raise ProtocolError(f"{kind}.{name}: missing field {missing[0]!r}")
-    checked = {n: _check(kind, f"{name}.{n}", v, hints[n], ()) for n, v in value.items()}
+    checked = {n: check(kind, f"{name}.{n}", value[n], ()) for n, check in schema.checks if n in value}
     try:
         return cls(**checked)
     except (TypeError, ValueError) as err:
