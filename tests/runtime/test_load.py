@@ -31,6 +31,7 @@ KINDS: list[dict[str, Any]] = [  # (prompt, parameters): every client runs one o
     {"prompt_or_ids": [9, 9, 9, 9, 9], "max_new_tokens": 24, "stop_token_ids": [9, 10, 11]},
 ]
 QUEUE_BOUND = 16
+MAX_RUNNING = 8  # 8 running + 16 queued << 64 clients arriving at once: the bound must answer, however fast
 MAX_RSS_GROWTH_BYTES = 200 * 2**20
 
 
@@ -39,7 +40,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     root = tmp_path_factory.mktemp("load")
     tiny_model("llama", seed=11).save_pretrained(root / "target")
     config = write_config(root / "t.yaml", root / "target", "async", {"kind": "ngram"},
-                          max_queued_requests=QUEUE_BOUND)
+                          max_queued_requests=QUEUE_BOUND, max_running_per_verifier=MAX_RUNNING)
     with Deployment(str(config)) as running:
         running.start(timeout_s=120)
         yield running
