@@ -94,14 +94,15 @@ def tree_from_guesses(logits: torch.Tensor, max_nodes: int, top_k: int = GUESS_T
     d has the top_k tokens of offset d as children, and the `max_nodes` best paths by the product of their
     probabilities are kept (ancestor-closed: a child's product never exceeds its parent's)."""
     probs = torch.softmax(logits.float(), dim=-1)
-    top_p, top_ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)  # [k, top_k]
+    top_p_t, top_ids_t = probs.topk(min(top_k, probs.shape[-1]), dim=-1)  # [k, top_k]
+    top_p, top_ids = top_p_t.tolist(), top_ids_t.tolist()  # plain floats and ints: the loops below are Python
     tokens: list[int] = []
     parents: list[int] = []
     own: list[float] = []
     path: list[float] = []
     frontier = [(ROOT, 1.0)]
     for depth in range(logits.shape[0]):
-        candidates = [(p_path * float(p), parent, int(t), float(p))
+        candidates = [(p_path * p, parent, t, p)
                       for parent, p_path in frontier for p, t in zip(top_p[depth], top_ids[depth], strict=True)]
         candidates.sort(key=lambda c: -c[0])
         frontier = []
