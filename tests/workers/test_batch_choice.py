@@ -81,15 +81,21 @@ def test_pick_and_best_by_row() -> None:
     assert torch.equal(by_row[3], torch.ones(3, dtype=torch.float64))
 
 
+def random_verdicts(seed: int) -> tuple[list[DraftTree], list[tuple[DraftTree, torch.Tensor, torch.Tensor]]]:
+    """A random forest and, per tree, the nodes down to a random depth with random verdicts."""
+    trees = random_forest(seed)
+    rng = random.Random(seed)
+    verdicts = []
+    for tree in trees:
+        index = torch.nonzero(tree.depths <= rng.randrange(1, 4)).flatten()
+        accepted = torch.rand(index.numel(), generator=torch.Generator().manual_seed(seed)) < 0.5
+        verdicts.append((tree, index, accepted))
+    return trees, verdicts
+
+
 def test_update_many_equals_updates_in_turn() -> None:
     for seed in range(10):
-        trees = random_forest(seed)
-        rng = random.Random(seed)
-        verdicts = []
-        for tree in trees:
-            index = torch.nonzero(tree.depths <= rng.randrange(1, 4)).flatten()
-            accepted = torch.rand(index.numel(), generator=torch.Generator().manual_seed(seed)) < 0.5
-            verdicts.append((tree, index, accepted))
+        trees, verdicts = random_verdicts(seed)
         one_by_one, at_once = trained_estimator(seed), trained_estimator(seed)
         for tree, index, accepted in verdicts:
             if index.numel():
@@ -206,13 +212,7 @@ def test_on_paths_equals_follow_for_every_tree() -> None:
 
 def test_update_nodes_equals_update_many() -> None:
     for seed in range(5):
-        trees = random_forest(seed)
-        rng = random.Random(seed)
-        verdicts = []
-        for tree in trees:
-            index = torch.nonzero(tree.depths <= rng.randrange(1, 4)).flatten()
-            accepted = torch.rand(index.numel(), generator=torch.Generator().manual_seed(seed)) < 0.5
-            verdicts.append((tree, index, accepted))
+        _, verdicts = random_verdicts(seed)
         many, nodes = trained_estimator(seed), trained_estimator(seed)
         many.update_many(verdicts)
         kept = [v for v in verdicts if v[1].numel()]
