@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from workers.tree import DraftTree
@@ -135,10 +136,12 @@ class CalibratedAcceptance:
         self.accepted = torch.zeros(max_depth + 1, num_bins, dtype=torch.float64)
         self.seen = torch.zeros(max_depth + 1, num_bins, dtype=torch.float64)
 
-    def _cells(self, depths: torch.Tensor, path_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_p = path_probs.double().clamp(min=1e-30).log().clamp(min=self.min_log_prob, max=0.0)
-        bins = ((log_p / self.min_log_prob) * (self.num_bins - 1)).round().long()  # 0 = most likely
-        return depths.clamp(max=self.max_depth), bins
+    def _cells(self, depths: torch.Tensor, path_probs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(depth, bin of log path probability) of each node, in numpy (a handful of vector ops on small
+        arrays: numpy's calls cost a microsecond where torch's cost several)."""
+        log_p = np.clip(np.log(np.maximum(path_probs.numpy().astype(np.float64), 1e-30)), self.min_log_prob, 0.0)
+        bins = np.rint((log_p / self.min_log_prob) * (self.num_bins - 1)).astype(np.int64)  # 0 = most likely
+        return np.minimum(depths.numpy(), self.max_depth), bins
 
     def estimate(self, tree: DraftTree) -> torch.Tensor:
         """[N] acceptance estimates, monotone along paths."""
@@ -150,9 +153,9 @@ class CalibratedAcceptance:
         """Per node of `trees` laid end to end (their `depths` and `path_probs`), before capping along paths:
         a function of each node's cell alone, so every tree of a batch is estimated at once."""
         cell_depths, bins = self._cells(depths, path_probs)
-        prior = path_probs.double().clamp(0.0, 1.0)
-        return (self.accepted[cell_depths, bins] + self.prior_weight * prior) / (
-            self.seen[cell_depths, bins] + self.prior_weight)
+        prior = np.clip(path_probs.numpy().astype(np.float64), 0.0, 1.0)
+        return torch.from_numpy((self.accepted.numpy()[cell_depths, bins] + self.prior_weight * prior) / (
+            self.seen.numpy()[cell_depths, bins] + self.prior_weight))
 
     def update(self, tree: DraftTree, accepted: torch.Tensor) -> None:
         """Record a verification's verdicts: accepted[i] is True when node i was on the accepted path."""
@@ -178,13 +181,13 @@ class CalibratedAcceptance:
         n = len(sizes)
         if n == 0:
             return
-        weights = torch.repeat_interleave(self.decay ** torch.arange(n - 1, -1, -1, dtype=torch.float64),
-                                          torch.as_tensor(list(sizes), dtype=torch.long))
+        weights = np.repeat(self.decay ** np.arange(n - 1, -1, -1, dtype=np.float64), np.asarray(sizes))
         cell_depths, bins = self._cells(depths, path_probs)
-        self.seen *= self.decay ** n
-        self.accepted *= self.decay ** n
-        self.seen.index_put_((cell_depths, bins), weights, accumulate=True)
-        self.accepted.index_put_((cell_depths, bins), accepted.to(torch.float64) * weights, accumulate=True)
+        seen, accepted_counts = self.seen.numpy(), self.accepted.numpy()  # the tensors' memory, updated in place
+        seen *= self.decay ** n
+        accepted_counts *= self.decay ** n
+        np.add.at(seen, (cell_depths, bins), weights)
+        np.add.at(accepted_counts, (cell_depths, bins), accepted.numpy().astype(np.float64) * weights)
 
 
 class LearnedAcceptance:
