@@ -3,6 +3,8 @@ prefill of the committed tokens, and chunked prefill equals one prefill."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -152,3 +154,35 @@ def test_write_puts_each_rows_entries_at_its_positions(slots: list[int]) -> None
     untouched = [s for s in range(4) if s not in slots]
     assert all(not cache.keys[0][s].any() for s in untouched)
     cache.end()
+
+
+def test_a_run_of_slots_in_another_order_is_attended_as_a_view() -> None:
+    """verify_batch runs rows in slot order, so slots that form a run are read as one view of the cache
+    (no gather of every row's keys and values); the verdicts still come back in the jobs' order."""
+    model = tiny_model("llama", seed=3)
+    verifier = TargetVerifier(model)
+    cache = slot_cache(model)
+    every = [cache.allocate() for _ in range(4)]
+    slots = [every[i] for i in (2, 0, 3, 1)]
+    texts = prompts([9, 14, 5, 11])
+    prefill_batch(verifier, cache, slots, [0] * 4, [t[:-1] for t in texts])
+    seen: list[int | None] = []
+    begin = cache.begin
+
+    def spy(*args: Any, **kwargs: Any) -> int:
+        kv_len = begin(*args, **kwargs)
+        assert cache.batch is not None
+        seen.append(cache.batch.first)
+        return kv_len
+
+    cache.begin = spy  # type: ignore[method-assign]
+    trees = [random_tree(3, 96, seed=i) for i in range(4)]
+    jobs = [VerifyJob(s, len(t) - 1, t[-1], tree, SamplingParams()) for s, t, tree in zip(slots, texts, trees,
+                                                                                          strict=True)]
+    verdicts = verify_batch(verifier, cache, jobs)
+    assert seen == [0]
+    for text, tree, verdict in zip(texts, trees, verdicts, strict=True):  # job order kept
+        state = VerifierState()
+        verifier.prefill(state, text[:-1])
+        logits, _ = verifier.verify(state, text[-1], tree)
+        assert torch.equal(verdict.logits.argmax(-1), logits.argmax(-1))
