@@ -54,11 +54,8 @@ def verify_batch(target: TargetVerifier, cache: SlotCache, jobs: Sequence[Verify
     a view of the cache instead of a gather of every row's keys and values.
     """
     order = sorted(range(len(jobs)), key=lambda i: jobs[i].slot)
-    verdicts = _verify_sorted(target, cache, [jobs[i] for i in order], maps)
-    out: list[Verdict | None] = [None] * len(jobs)
-    for i, verdict in zip(order, verdicts, strict=True):
-        out[i] = verdict
-    return [v for v in out if v is not None]
+    by_job = dict(zip(order, _verify_sorted(target, cache, [jobs[i] for i in order], maps), strict=True))
+    return [by_job[i] for i in range(len(jobs))]
 
 
 @torch.inference_mode()
@@ -126,25 +123,27 @@ def prefill_guessing(target: TargetVerifier, cache: SlotCache, slots: Sequence[i
     """`prefill_batch` in which a row with an anchor (its prompt's last entry) also runs that entry's Hidden
     Transfer slots: returns the chunks' states and per row the guesses [k, V] for the k tokens after the
     first generated one (None without an anchor). The slots' keys and values stay beyond the kept prefix."""
-    rows = [Row.chunk(chunk) for chunk in chunks]
-    hidden, pseudo = target.forward_rows_pseudo(cache, slots, starts, rows, maps, anchors)
-    for slot, start, chunk in zip(slots, starts, chunks, strict=True):
-        cache.set_length(slot, start + len(chunk))
+    hidden, pseudo = target.forward_rows_pseudo(cache, slots, starts, [Row.chunk(c) for c in chunks], maps, anchors)
     k = maps.config.num_offsets
     picks = [b for b, chosen in enumerate(anchors) if chosen]
     guesses: list[torch.Tensor | None] = [None] * len(chunks)
     if picks:
         for b, logits in zip(picks, target.logits(torch.stack([pseudo[b, :k] for b in picks])), strict=True):
             guesses[b] = logits
-    return [hidden[b, : len(chunk)] for b, chunk in enumerate(chunks)], guesses
+    return _cached_chunks(cache, slots, starts, chunks, hidden), guesses
 
 
 @torch.inference_mode()
 def prefill_batch(target: TargetVerifier, cache: SlotCache, slots: Sequence[int], starts: Sequence[int],
                   chunks: Sequence[Sequence[int]]) -> list[torch.Tensor]:
     """Cache one prompt chunk per slot (written after `starts`); returns each chunk's hidden states [n, H]."""
-    rows = [Row.chunk(chunk) for chunk in chunks]
-    hidden = target.forward_rows(cache, slots, starts, rows)
+    hidden = target.forward_rows(cache, slots, starts, [Row.chunk(chunk) for chunk in chunks])
+    return _cached_chunks(cache, slots, starts, chunks, hidden)
+
+
+def _cached_chunks(cache: SlotCache, slots: Sequence[int], starts: Sequence[int], chunks: Sequence[Sequence[int]],
+                   hidden: torch.Tensor) -> list[torch.Tensor]:
+    """Each slot keeps its chunk (the lengths move past it); returns each chunk's states [n, H]."""
     for slot, start, chunk in zip(slots, starts, chunks, strict=True):
         cache.set_length(slot, start + len(chunk))
     return [hidden[b, : len(chunk)] for b, chunk in enumerate(chunks)]
