@@ -79,7 +79,22 @@ class DraftTree:
             torch.cat([self.parents, parents]),
             torch.cat([self.probs, probs.to(torch.float32).reshape(-1)]),
             torch.tensor(depth_list, dtype=torch.long),
+            **self._grown(parent_list),
         )
+
+    def _grown(self, parent_list: list[int]) -> dict[str, torch.Tensor | None]:
+        """The ancestor matrix extended to appended nodes (`add`): a new node's row is its parent's plus
+        itself. (Path probabilities are recomputed when asked: a product along the path, to the bit.)"""
+        if self._ancestors is None:
+            return {}
+        old, new = self.num_nodes, len(parent_list)
+        matrix = np.zeros((old + new, old + new), dtype=np.bool_)
+        matrix[:old, :old] = self._ancestors.numpy()
+        for index, parent in enumerate(parent_list, start=old):
+            if parent != ROOT:
+                matrix[index] = matrix[parent]
+            matrix[index, index] = True
+        return {"_ancestors": torch.from_numpy(matrix)}
 
     def ancestors(self) -> torch.Tensor:
         """[N, N] bool: entry (i, j) is True when node j is node i or one of its ancestors (cached)."""

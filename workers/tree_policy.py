@@ -57,9 +57,10 @@ def pick_expansions(tree: DraftTree, config: TreeConfig, limit: int | None = Non
     return candidates[order]
 
 
-def expansion_values(tree: DraftTree, config: TreeConfig) -> torch.Tensor:
-    """Path probabilities of the nodes `pick_expansions` would pick, best first (the root is worth 1)."""
-    nodes = pick_expansions(tree, config)
+def expansion_values(tree: DraftTree, config: TreeConfig, nodes: torch.Tensor | None = None) -> torch.Tensor:
+    """Path probabilities of the nodes `pick_expansions` would pick (or did: `nodes`), best first (the root
+    is worth 1)."""
+    nodes = pick_expansions(tree, config) if nodes is None else nodes
     if nodes.numel() == 0:
         return torch.zeros(0)
     probs = torch.ones(nodes.numel())

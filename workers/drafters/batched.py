@@ -40,6 +40,7 @@ class StepPlan:
     row: Row | None  # what the step feeds into the session's slot (None: no forward needed)
     embeds: torch.Tensor | None = None  # [n, H] input embeddings to use instead of `row.token_ids`
     state: Any = None  # the session's own bookkeeping between `plan` and `apply`
+    pair_inputs: tuple[torch.Tensor, torch.Tensor] | None = None  # what a drafter fuses into `embeds` itself
 
 
 class BatchedSession(DraftSession):
@@ -131,11 +132,16 @@ class BatchedDrafter(Drafter):
             group = sorted(group, key=lambda i: sessions[i]._own_slot())  # type: ignore[attr-defined]
             outputs = self._run([sessions[i] for i in group], [plans[i] for i in group])  # type: ignore[misc]
             hidden.update(zip(group, outputs, strict=True))
+        self._apply_all(sessions, plans, hidden)
+        return [plan is not None for plan in plans]
+
+    def _apply_all(self, sessions: Sequence[DraftSession], plans: Sequence[StepPlan | None],
+                   hidden: dict[int, torch.Tensor]) -> None:
+        """Every planned session finishes its step with its row's states (a drafter may batch this too)."""
         for i, (session, plan) in enumerate(zip(sessions, plans, strict=True)):
             if plan is not None:
                 assert isinstance(session, BatchedSession)
                 session.apply(plan, hidden.get(i))
-        return [plan is not None for plan in plans]
 
     def _run(self, sessions: Sequence[DraftSession], plans: Sequence[StepPlan]) -> list[torch.Tensor]:
         """One forward of the plans' rows on their sessions' slots; lengths are the sessions' to set."""
@@ -150,17 +156,21 @@ class BatchedDrafter(Drafter):
         kv_len = cache.begin(slots, starts, width)
         try:
             ids, positions, mask = batch_inputs(rows, starts, kv_len, self.dtype)  # type: ignore[arg-type]
-            embeds = None
-            if plans[0].embeds is not None:
-                first = plans[0].embeds
-                embeds = first.new_zeros(len(plans), width, first.shape[-1])
-                for b, plan in enumerate(plans):
-                    assert plan.embeds is not None
-                    embeds[b, : plan.embeds.shape[0]] = plan.embeds
-            hidden = self._forward(ids, embeds, positions, mask, cache)
+            hidden = self._forward(ids, self._embeds(plans, width), positions, mask, cache)
         finally:
             cache.end()
         return [hidden[b, : row.width] for b, row in enumerate(rows)]  # type: ignore[union-attr]
+
+    def _embeds(self, plans: Sequence[StepPlan], width: int) -> torch.Tensor | None:
+        """[B, width, H] input embeddings of the padded rows (zeros after each row's own), or None: token ids."""
+        if plans[0].embeds is None:
+            return None
+        first = plans[0].embeds
+        embeds = first.new_zeros(len(plans), width, first.shape[-1])
+        for b, plan in enumerate(plans):
+            assert plan.embeds is not None
+            embeds[b, : plan.embeds.shape[0]] = plan.embeds
+        return embeds
 
     @property
     @abstractmethod

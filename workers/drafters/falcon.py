@@ -13,11 +13,13 @@ import torch
 
 from protocol.errors import ModelMismatchError
 from workers.batch_mask import Row
+from workers.drafters.base import DraftSession
 from workers.drafters.batched import BatchedDrafter, BatchedSession, StepPlan
 from workers.drafters.falcon_model import FalconDrafterModel
-from workers.drafters.falcon_tree import COMMITTED, PLACEHOLDER, TREE_PAIR, Entries, expand_blocks, visibility
+from workers.drafters.falcon_tree import (COMMITTED, PLACEHOLDER, TREE_PAIR, Entries, block_tops, expand_blocks,
+                                          visibility)
 from workers.slot_cache import SlotCache
-from workers.tree import ROOT
+from workers.tree import ROOT, DraftTree
 from workers.tree_policy import TreeConfig, expansion_values, pick_expansions
 
 
@@ -51,6 +53,39 @@ class FalconDrafter(BatchedDrafter):
     @property
     def dtype(self) -> torch.dtype:
         return self.model.placeholder.dtype
+
+    def _embeds(self, plans: Sequence[StepPlan], width: int) -> torch.Tensor:
+        """[B, width, H]: each row's fused pairs (one `fuse` for every row), then its placeholders."""
+        pieces = [plan.pair_inputs for plan in plans]
+        assert all(piece is not None for piece in pieces)
+        fused = self.model.fuse(torch.cat([p[0] for p in pieces])[None], torch.cat([p[1] for p in pieces])[None])[0]  # type: ignore[index]
+        embeds = fused.new_zeros(len(plans), width, fused.shape[-1])
+        placeholder = self.model.placeholders(1)[0, 0]
+        start = 0
+        for b, (plan, (features, _)) in enumerate(zip(plans, pieces, strict=True)):  # type: ignore[misc]
+            num_pairs = features.shape[0]
+            embeds[b, :num_pairs] = fused[start: start + num_pairs]
+            embeds[b, num_pairs: plan.row.width] = placeholder  # type: ignore[union-attr]
+            start += num_pairs
+        return embeds
+
+    def _apply_all(self, sessions: Sequence[DraftSession], plans: Sequence[StepPlan | None],
+                   hidden: dict[int, torch.Tensor]) -> None:
+        """Every session's blocks through the LM head, softmax and top-k at once, then each tree grows."""
+        live = [i for i, plan in enumerate(plans) if plan is not None]
+        if not live:
+            return
+        falcon = [sessions[i] for i in live]
+        assert all(isinstance(s, FalconSession) for s in falcon)
+        outputs = [s.absorb(plans[i], hidden.get(i)) for s, i in zip(falcon, live, strict=True)]  # type: ignore
+        flat = torch.cat([o.reshape(-1, o.shape[-1]) for o in outputs])  # [sum E*k, H]
+        probs, tokens = block_tops(self.model.probs(flat), max(s.config.top_k for s in falcon))
+        start = 0
+        for session, i, out in zip(falcon, live, outputs, strict=True):
+            end = start + out.shape[0] * out.shape[1]
+            shape = (out.shape[0], out.shape[1], -1)
+            session.finish(plans[i], out, (probs[start:end].reshape(shape), tokens[start:end].reshape(shape)))  # type: ignore
+            start = end
 
     def _new_cache(self, num_slots: int, max_len: int) -> SlotCache:
         return SlotCache.for_model(self.model.llama_config, num_slots, max_len, self.dtype,
@@ -93,6 +128,7 @@ class FalconSession(BatchedSession):
         pending = self._check_features(features, max(len(committed_ids) - 1, 0))  # before taking a slot
         super().__init__(drafter, committed_ids, config)
         self.tokens_per_step = self.model.config.block_size
+        self._pick: tuple[DraftTree, torch.Tensor] | None = None
         self._start(pending)
 
     @property
@@ -102,13 +138,19 @@ class FalconSession(BatchedSession):
         return self._features
 
     def expansion_values(self) -> torch.Tensor:
-        return expansion_values(self.tree, self.config)
+        return expansion_values(self.tree, self.config, self._picked())
+
+    def _picked(self) -> torch.Tensor:
+        """`pick_expansions` of the current tree, best first (asked for twice a step: computed once)."""
+        if self._pick is None or self._pick[0] is not self.tree:
+            self._pick = (self.tree, pick_expansions(self.tree, self.config))
+        return self._pick[1]
 
     def plan(self, max_expansions: int | None) -> StepPlan | None:
         """Feed pending committed pairs, missing path pairs, then k-1 placeholders per expanded node."""
         if len(self.committed_ids) < 2:
             return None  # no committed pair yet, so nothing predicts the root's children
-        nodes = pick_expansions(self.tree, self.config, max_expansions)  # [E], ROOT = the root
+        nodes = self._picked()[: max_expansions or None]  # [E], ROOT = the root; a prefix of the same order
         if nodes.numel() == 0:
             return None
         ancestors = self.tree.ancestors()  # [N, N]
@@ -121,15 +163,22 @@ class FalconSession(BatchedSession):
         keys = Entries.cat([self._cache_entries(), queries])
         visible = visibility(queries, keys, ancestors)  # [Q, L+Q]
         row = Row.step(torch.zeros(num_queries, dtype=torch.long), queries.positions, visible, step.past)
-        return StepPlan(row, self._inputs(pairs, nodes.numel()), step)
+        return StepPlan(row, state=step, pair_inputs=self._pair_inputs(pairs))
 
     def apply(self, plan: StepPlan, hidden: torch.Tensor | None) -> None:
-        step: _Step = plan.state
+        outputs = self.absorb(plan, hidden)
+        self.finish(plan, outputs, block_tops(self.model.probs(outputs), self.config.top_k))
+
+    def absorb(self, plan: StepPlan, hidden: torch.Tensor | None) -> torch.Tensor:
+        """The first half of `apply`: keep the step's pair entries; [E, k, H] outputs of its blocks."""
         if hidden is None:
             hidden = self._features.new_zeros(0, self._features.shape[-1])
-        outputs = self._absorb(hidden, step)  # [E, k, H]
-        probs = torch.softmax(self.model.logits(outputs).float(), dim=-1)  # [E, k, V]
-        self.tree, new_features = expand_blocks(self.tree, step.nodes, probs, outputs, self.config)
+        return self._absorb(hidden, plan.state)
+
+    def finish(self, plan: StepPlan, outputs: torch.Tensor, tops: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """The second half: the blocks' children from `block_tops` of their distributions ([E, k, K])."""
+        step: _Step = plan.state
+        self.tree, new_features = expand_blocks(self.tree, step.nodes, tops, outputs, self.config)
         self._features = torch.cat([self._features, new_features])
         self._slots = torch.cat([self._slots, torch.full((new_features.shape[0],), -1, dtype=torch.long)])
 
@@ -168,15 +217,13 @@ class FalconSession(BatchedSession):
         return Entries.cat([Entries.build(COMMITTED, torch.arange(num_committed)),
                             Entries.build(TREE_PAIR, positions, nodes=slot_nodes)])
 
-    def _inputs(self, pairs: torch.Tensor, num_blocks: int) -> torch.Tensor:
-        """[Q, H]: fused committed pairs, fused tree pairs, placeholders."""
+    def _pair_inputs(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the step's pairs fuse, committed pairs first, then tree pairs: [P+M, H] features and
+        [P+M] next-token ids (the drafter fuses every session's at once: FalconDrafter._embeds)."""
         device = self._features.device
         next_ids = torch.tensor(self.committed_ids[self.num_cached_committed + 1:], dtype=torch.long)  # [P]
-        committed = self.model.fuse(self._pending[None], next_ids[None].to(device))  # [1, P, H]
-        tree_ids = self.tree.token_ids[pairs]  # [M]
-        tree = self.model.fuse(self._features[pairs.to(device)][None], tree_ids[None].to(device))  # [1, M, H]
-        placeholders = self.model.placeholders(num_blocks * (self.tokens_per_step - 1))
-        return torch.cat([committed, tree, placeholders], dim=1)[0]
+        features = torch.cat([self._pending, self._features[pairs.to(device)]])
+        return features, torch.cat([next_ids, self.tree.token_ids[pairs]]).to(device)
 
     def _absorb(self, hidden: torch.Tensor, step: _Step) -> torch.Tensor:
         """Keep the new pairs' KV, drop the placeholders'; return block outputs [E, k, H]."""

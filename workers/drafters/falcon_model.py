@@ -146,6 +146,10 @@ class FalconDrafterModel(nn.Module):
         """[..., H] -> [..., V] with the target's LM head (F.linear reads [V, H] as stored: `@ W.T` copied it)."""
         return nn.functional.linear(hidden, self.lm_head_weight)
 
+    def probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., H] -> [..., V] next-token distributions, in fp32."""
+        return torch.softmax(self.logits(hidden).float(), dim=-1)
+
     def place(self, device: str | torch.device, dtype: torch.dtype) -> FalconDrafterModel:
         """Move and cast; the rotary tables are rebuilt so their frequencies stay in fp32."""
         self.to(device=device, dtype=dtype)

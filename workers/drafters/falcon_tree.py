@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from workers.tree import ROOT, DraftTree
@@ -62,36 +63,52 @@ def visibility(queries: Entries, keys: Entries, ancestors: torch.Tensor) -> torc
     return committed | tree | same_block
 
 
-def expand_blocks(tree: DraftTree, nodes: torch.Tensor, probs: torch.Tensor, outputs: torch.Tensor,
-                  config: TreeConfig) -> tuple[DraftTree, torch.Tensor]:
+def block_tops(probs: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., V] distributions -> ([..., K] probabilities, [..., K] tokens) of their `top_k` most likely
+    tokens, most likely first (K = min(top_k, V))."""
+    top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    return top.values, top.indices
+
+
+def expand_blocks(tree: DraftTree, nodes: torch.Tensor, tops: tuple[torch.Tensor, torch.Tensor],
+                  outputs: torch.Tensor, config: TreeConfig) -> tuple[DraftTree, torch.Tensor]:
     """Add the children predicted for expanded `nodes` ([E], ROOT allowed).
 
-    probs: [E, k, V] distributions of depths d+1..d+k; outputs: [E, k, H] the features that predicted them.
+    tops: `block_tops` of the [E, k, V] distributions of depths d+1..d+k, at least `config.top_k` wide;
+    outputs: [E, k, H] the features that predicted them.
     Level 1 hangs under each node, level j+1 under the rank-0 child of level j (skipped once that child is
     missing or the depth budget is reached). Returns the new tree and [num_added, H] features of the new
     nodes, in tree order.
     """
-    num_blocks, block_size = probs.shape[0], probs.shape[1]
-    parents = nodes.clone()  # [E] parent of the current level, per block; -2 = chain stopped
-    depths = torch.zeros_like(nodes)  # [E] depth of each expanded node (0 = root)
-    depths[nodes >= 0] = tree.depths[nodes[nodes >= 0]]
+    all_probs, all_tokens = tops[0][..., : config.top_k].cpu(), tops[1][..., : config.top_k].cpu()  # [E, k, K]
+    num_blocks, block_size = all_probs.shape[0], all_probs.shape[1]
+    node_list = nodes.numpy()
+    parents = node_list.copy()  # [E] parent of the current level, per block; -2 = chain stopped
+    depths = np.zeros_like(node_list)  # [E] depth of each expanded node (0 = root)
+    depths[node_list >= 0] = tree.depths.numpy()[node_list[node_list >= 0]]
     added: list[torch.Tensor] = []
-    for level in range(block_size):  # k levels, each a handful of tensor ops over all blocks
-        alive = (parents >= ROOT) & (depths + level + 1 <= config.living_depth)
-        if not bool(alive.any()):
+    for level in range(block_size):  # k levels, each a handful of array ops over all blocks
+        rows = np.flatnonzero((parents >= ROOT) & (depths + level + 1 <= config.living_depth))  # [A]
+        if not rows.size:
             break
-        rows = torch.nonzero(alive).flatten()  # [A]
-        top = probs[rows.to(probs.device), level].topk(min(config.top_k, probs.shape[-1]), dim=-1)
-        top_probs, top_tokens = top.values.cpu(), top.indices.cpu()  # [A, K]
+        top_probs, top_tokens = all_probs[rows, level], all_tokens[rows, level]  # [A, K]
         level_parents = parents[rows]  # [A]
-        child_parents, tokens, child_probs = children_to_add(tree, level_parents, top_tokens, top_probs,
-                                                             config)
-        local = (child_parents[:, None] == level_parents[None, :]).int().argmax(dim=1)  # [C] row in `rows`
+        if config.is_static:  # only the ranks the static paths name
+            child_parents_t, tokens, child_probs = children_to_add(tree, torch.from_numpy(level_parents),
+                                                                   top_tokens, top_probs, config)
+            child_parents = child_parents_t.numpy()
+            local = (child_parents[:, None] == level_parents[None, :]).argmax(axis=1)  # [C] row in `rows`
+            is_first = (tokens == top_tokens[torch.from_numpy(local), 0]).numpy()  # rank-0 child at this level
+        else:  # every block's top-k, in rank order
+            width = top_tokens.shape[1]
+            local = np.repeat(np.arange(rows.size), width)
+            child_parents = level_parents[local]
+            tokens, child_probs = top_tokens.reshape(-1), top_probs.reshape(-1)
+            is_first = np.tile(np.arange(width) == 0, rows.size)
         start = tree.num_nodes
-        tree = tree.add(child_parents, tokens, child_probs)
-        added.append(outputs[rows[local].to(outputs.device), level])
-        is_first = tokens == top_tokens[local, 0]  # rank-0 child of its block at this level
-        parents = torch.full((num_blocks,), -2, dtype=torch.long)
-        parents[rows[local[is_first]]] = start + torch.nonzero(is_first).flatten()
+        tree = tree.add(torch.from_numpy(child_parents), tokens, child_probs)
+        added.append(outputs[torch.from_numpy(rows[local]).to(outputs.device), level])
+        parents = np.full(num_blocks, -2, dtype=np.int64)
+        parents[rows[local[is_first]]] = start + np.flatnonzero(is_first)
     features = torch.cat(added) if added else outputs.new_zeros(0, outputs.shape[-1])
     return tree, features
