@@ -96,3 +96,23 @@ def test_subtree_without_the_ancestor_matrix_equals_the_sliced_one() -> None:
             assert torch.equal(getattr(fresh, name), getattr(sliced, name))
         assert torch.equal(fresh.ancestors(), sliced.ancestors())
         assert fresh.num_nodes == int(tree.ancestors()[:, node].sum()) - 1
+
+
+def test_a_grown_tree_extends_its_cached_ancestor_matrix_exactly() -> None:
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(30):
+        n = int(torch.randint(0, 40, (1,), generator=generator))
+        parents = [int(torch.randint(-1, i, (1,), generator=generator)) if i else ROOT for i in range(n)]
+        tree = DraftTree.from_lists(torch.randint(0, 50, (n,), generator=generator).tolist(), parents,
+                                    torch.rand(n, generator=generator).tolist())
+        tree.ancestors()  # cached: `add` extends it instead of dropping it
+        m = int(torch.randint(1, 12, (1,), generator=generator))
+        new_parents = torch.tensor([int(torch.randint(-1, n + i, (1,), generator=generator)) for i in range(m)])
+        new_tokens, new_probs = torch.randint(0, 50, (m,), generator=generator), torch.rand(m, generator=generator)
+        grown = tree.add(new_parents, new_tokens, new_probs)
+        assert grown._ancestors is not None
+        fresh = DraftTree.from_tensors(grown.token_ids, grown.parents, grown.probs)
+        assert torch.equal(grown.ancestors(), fresh.ancestors())
+        assert torch.equal(grown.path_probs(), fresh.path_probs())
+        uncached = DraftTree.empty().add(torch.tensor([ROOT]), torch.tensor([1]), torch.ones(1))
+        assert uncached._ancestors is None  # nothing cached: nothing to extend

@@ -16,8 +16,15 @@ from workers.batch_mask import Row
 from workers.drafters.base import DraftSession
 from workers.drafters.batched import BatchedDrafter, BatchedSession, StepPlan
 from workers.drafters.falcon_model import FalconDrafterModel
-from workers.drafters.falcon_tree import (COMMITTED, PLACEHOLDER, TREE_PAIR, Entries, block_tops, expand_blocks,
-                                          visibility)
+from workers.drafters.falcon_tree import (
+    COMMITTED,
+    PLACEHOLDER,
+    TREE_PAIR,
+    Entries,
+    block_tops,
+    expand_blocks,
+    visibility,
+)
 from workers.slot_cache import SlotCache
 from workers.tree import ROOT, DraftTree
 from workers.tree_policy import TreeConfig, expansion_values, pick_expansions
@@ -56,35 +63,40 @@ class FalconDrafter(BatchedDrafter):
 
     def _embeds(self, plans: Sequence[StepPlan], width: int) -> torch.Tensor:
         """[B, width, H]: each row's fused pairs (one `fuse` for every row), then its placeholders."""
-        pieces = [plan.pair_inputs for plan in plans]
-        assert all(piece is not None for piece in pieces)
-        fused = self.model.fuse(torch.cat([p[0] for p in pieces])[None], torch.cat([p[1] for p in pieces])[None])[0]  # type: ignore[index]
+        features, next_ids, widths = [], [], []
+        for plan in plans:
+            assert plan.pair_inputs is not None and plan.row is not None
+            features.append(plan.pair_inputs[0])
+            next_ids.append(plan.pair_inputs[1])
+            widths.append(plan.row.width)
+        fused = self.model.fuse(torch.cat(features)[None], torch.cat(next_ids)[None])[0]  # [sum pairs, H]
         embeds = fused.new_zeros(len(plans), width, fused.shape[-1])
         placeholder = self.model.placeholders(1)[0, 0]
         start = 0
-        for b, (plan, (features, _)) in enumerate(zip(plans, pieces, strict=True)):  # type: ignore[misc]
-            num_pairs = features.shape[0]
+        for b, (pairs, row_width) in enumerate(zip(features, widths, strict=True)):
+            num_pairs = pairs.shape[0]
             embeds[b, :num_pairs] = fused[start: start + num_pairs]
-            embeds[b, num_pairs: plan.row.width] = placeholder  # type: ignore[union-attr]
+            embeds[b, num_pairs:row_width] = placeholder
             start += num_pairs
         return embeds
 
     def _apply_all(self, sessions: Sequence[DraftSession], plans: Sequence[StepPlan | None],
                    hidden: dict[int, torch.Tensor]) -> None:
         """Every session's blocks through the LM head, softmax and top-k at once, then each tree grows."""
-        live = [i for i, plan in enumerate(plans) if plan is not None]
+        live: list[tuple[FalconSession, StepPlan, torch.Tensor]] = []
+        for i, (session, plan) in enumerate(zip(sessions, plans, strict=True)):
+            if plan is not None:
+                assert isinstance(session, FalconSession)
+                live.append((session, plan, session.absorb(plan, hidden.get(i))))  # [E, k, H] each
         if not live:
             return
-        falcon = [sessions[i] for i in live]
-        assert all(isinstance(s, FalconSession) for s in falcon)
-        outputs = [s.absorb(plans[i], hidden.get(i)) for s, i in zip(falcon, live, strict=True)]  # type: ignore
-        flat = torch.cat([o.reshape(-1, o.shape[-1]) for o in outputs])  # [sum E*k, H]
-        probs, tokens = block_tops(self.model.probs(flat), max(s.config.top_k for s in falcon))
+        flat = torch.cat([out.reshape(-1, out.shape[-1]) for _, _, out in live])  # [sum E*k, H]
+        probs, tokens = block_tops(self.model.probs(flat), max(session.config.top_k for session, _, _ in live))
         start = 0
-        for session, i, out in zip(falcon, live, outputs, strict=True):
+        for session, plan, out in live:
             end = start + out.shape[0] * out.shape[1]
             shape = (out.shape[0], out.shape[1], -1)
-            session.finish(plans[i], out, (probs[start:end].reshape(shape), tokens[start:end].reshape(shape)))  # type: ignore
+            session.finish(plan, out, (probs[start:end].reshape(shape), tokens[start:end].reshape(shape)))
             start = end
 
     def _new_cache(self, num_slots: int, max_len: int) -> SlotCache:
