@@ -10,12 +10,16 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    PreTrainedConfig,
+    PreTrainedModel,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+from transformers.cache_utils import CacheLayerMixin
 
-ARCHS = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-         "mistral": (MistralConfig, MistralForCausalLM)}
+ARCHS: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
+    "llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM)}
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, vocab_size: int = 96, hidden_size: int = 64,
@@ -30,7 +34,16 @@ def tiny_model(arch: str = "llama", seed: int = 0, vocab_size: int = 96, hidden_
     config = config_cls(**settings)
     config._attn_implementation = attn
     torch.manual_seed(seed)
-    return model_cls(config).eval()
+    model = model_cls(config)
+    model.train(False)  # = eval(), which transformers leaves unannotated
+    return model
+
+
+def layer_kv(layer: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values of a filled attention-cache layer (a transformers `Cache`'s `layers` entry)."""
+    assert isinstance(layer, CacheLayerMixin)
+    assert isinstance(layer.keys, torch.Tensor) and isinstance(layer.values, torch.Tensor)
+    return layer.keys, layer.values
 
 
 def hf_greedy(model: Any, prompt: list[int], max_new_tokens: int) -> list[int]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -78,7 +79,7 @@ def test_concurrent_greedy_equals_generate(deployment: Deployment, reference: li
 
 
 def test_seeded_sampling_is_reproducible(deployment: Deployment) -> None:
-    params = {"temperature": 0.9, "top_p": 0.95, "seed": 77}
+    params: dict[str, Any] = {"temperature": 0.9, "top_p": 0.95, "seed": 77}
     with Client(deployment.config.coordinator.client_address, timeout_s=60) as client:
         first = client.generate(PROMPTS[0], max_new_tokens=30, **params).token_ids
         second = client.generate(PROMPTS[0], max_new_tokens=30, **params).token_ids
@@ -119,6 +120,7 @@ def test_malformed_messages_are_dropped(deployment: Deployment, reference: list[
 def test_cancel_stops_a_request(deployment: Deployment) -> None:
     with Client(deployment.config.coordinator.client_address, timeout_s=60) as client:
         stream = client.stream(PROMPTS[0], max_new_tokens=200, ignore_eos=True)
+        assert isinstance(stream, Generator)  # a generator, so it can be closed
         next(stream)
         stream.close()  # leaving the stream cancels the request
         assert client.generate(PROMPTS[1], max_new_tokens=5).finish_reason in ("length", "stop")

@@ -27,7 +27,7 @@ STATIC = TreeConfig(static_paths=((0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 
 
 @cache
 def target(arch: str) -> Any:
-    extra = {"sliding_window": 64} if arch == "mistral" else {}  # long prompts cross the window
+    extra: dict[str, Any] = {"sliding_window": 64} if arch == "mistral" else {}  # long prompts cross the window
     return tiny_model(arch, seed=11, **extra)
 
 

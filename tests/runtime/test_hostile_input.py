@@ -164,8 +164,8 @@ def test_worker_socket_fuzz(deployment: Deployment, reference: list[list[int]]) 
         garbage = Rogue(context, address)
         for message in frames:
             garbage.send(message)
-        for message in (Committed("r", 3, [1], 0), draft, Failed("r", "internal", "x"), Heartbeat("garbage")):
-            garbage.send(message)  # from a worker that never said Hello: stale, and told to say Hello
+        for stale in (Committed("r", 3, [1], 0), draft, Failed("r", "internal", "x"), Heartbeat("garbage")):
+            garbage.send(stale)  # from a worker that never said Hello: stale, and told to say Hello
         counts["stale"] += 4
         garbage.receive(Refused, match=lambda m: m.reason == UNKNOWN_WORKER)
         old_version = Rogue(context, address)

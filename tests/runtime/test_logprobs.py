@@ -22,7 +22,7 @@ from workers.sampling import SamplingParams, target_probs
 PROMPTS = [[5, 6, 7, 8, 9, 10], [40, 41, 42, 40, 41, 42, 40, 41]]
 MAX_NEW = 24
 TOP = 5
-SAMPLED = {"temperature": 0.9, "top_p": 0.9, "seed": 77}
+SAMPLED: dict[str, Any] = {"temperature": 0.9, "top_p": 0.9, "seed": 77}
 ATOL = 1e-5
 
 
@@ -108,7 +108,7 @@ def test_prompt_scoring_without_new_tokens(models: dict[str, Path], tmp_path: Pa
 def test_n_samples_are_reproducible_and_share_the_prompt(models: dict[str, Path], tmp_path: Path,
                                                           target: Any) -> None:
     engine = build_engine(models, tmp_path, "async", "model")
-    params = {"max_new_tokens": 12, "n": 4, "logprobs": TOP, **SAMPLED}
+    params: dict[str, Any] = {"max_new_tokens": 12, "n": 4, "logprobs": TOP, **SAMPLED}
     first = engine.generate(PROMPTS[0], **params)
     assert len(first.samples) == 4 and first.samples[0].token_ids == first.token_ids
     again = engine.generate(PROMPTS[0], **params)

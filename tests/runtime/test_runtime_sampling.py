@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import PreTrainedModel
 
 from runtime.client import AsyncClient
 from runtime.engine import Engine
@@ -23,8 +24,10 @@ NUM_SAMPLES = 600
 PARAMS = SamplingParams(temperature=0.9, top_p=0.95, seed=0)
 
 
-def small_target() -> torch.nn.Module:
-    return tiny_model("llama", seed=21, vocab_size=VOCAB, hidden_size=32, initializer_range=0.08)
+def small_target() -> PreTrainedModel:
+    model = tiny_model("llama", seed=21, vocab_size=VOCAB, hidden_size=32, initializer_range=0.08)
+    assert isinstance(model, PreTrainedModel)
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
@@ -64,7 +64,7 @@ def exact_second_token_law(params: SamplingParams) -> torch.Tensor:
     return first @ second
 
 
-DRAFTERS = {"off": lambda: None, "ngram": NgramDrafter, "wrong": WrongDrafter,
+DRAFTERS: dict[str, Callable[[], Drafter | None]] = {"off": lambda: None, "ngram": NgramDrafter, "wrong": WrongDrafter,
             "self": lambda: ModelDrafter(target()),
             "other-model": lambda: ModelDrafter(tiny_model("llama", seed=5, vocab_size=VOCAB, hidden_size=32))}
 
@@ -74,7 +74,7 @@ FULL_GRID = [pytest.param(d, *s, marks=pytest.mark.slow) for d in DRAFTERS for s
 DEFAULT = [("wrong", 1.0, 0, 1.0), ("other-model", 0.8, 6, 1.0), ("self", 1.2, 0, 0.7)]
 
 
-@pytest.mark.parametrize("drafter_name,temperature,top_k,top_p", DEFAULT + FULL_GRID)
+@pytest.mark.parametrize("drafter_name,temperature,top_k,top_p", [*DEFAULT, *FULL_GRID])
 def test_second_token_follows_target_law(drafter_name: str, temperature: float, top_k: int, top_p: float) -> None:
     verifier = TargetVerifier(target())
     drafter: Drafter | None = DRAFTERS[drafter_name]()

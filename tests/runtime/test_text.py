@@ -21,7 +21,8 @@ class CountingTokenizer:
 
     def decode(self, ids: list[int], **kwargs: Any) -> str:
         self.num_decoded += len(ids)
-        text: str = self.inner.decode(ids, **kwargs)
+        text = self.inner.decode(ids, **kwargs)
+        assert isinstance(text, str)  # one sequence of ids decodes to one string
         return text
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from protocol.params import SamplingParams
-from tests.models import tiny_model
+from tests.models import layer_kv, tiny_model
 from workers.batch_mask import Row, batch_inputs
 from workers.batch_verify import VerifyJob, prefill_batch, verify_batch
 from workers.slot_cache import CacheFullError, SlotCache
@@ -93,8 +93,9 @@ def test_compaction_equals_a_fresh_prefill_of_the_committed_tokens() -> None:
         fresh = VerifierState()
         verifier.prefill(fresh, text[:-1])
         for (keys, values), layer in zip(cache.entries(slot), fresh.cache.layers, strict=True):
-            assert torch.allclose(keys, layer.keys[0], atol=1e-5)
-            assert torch.allclose(values, layer.values[0], atol=1e-5)
+            fresh_keys, fresh_values = layer_kv(layer)
+            assert torch.allclose(keys, fresh_keys[0], atol=1e-5)
+            assert torch.allclose(values, fresh_values[0], atol=1e-5)
 
 
 def test_chunked_prefill_equals_one_prefill() -> None:

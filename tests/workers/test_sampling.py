@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -16,8 +17,9 @@ from workers.sampling import SamplingParams, choose_tokens, position_uniforms, s
 @pytest.mark.parametrize("field,value", [("temperature", -0.5), ("temperature", math.nan), ("top_p", 0.0),
                                          ("top_p", 1.5), ("top_k", -1), ("seed", -3)])
 def test_invalid_values_name_the_field(field: str, value: float) -> None:
+    kwargs: dict[str, Any] = {field: value}  # each value has its field's type; only its range is wrong
     with pytest.raises(RequestError, match=field):
-        SamplingParams(**{field: value})
+        SamplingParams(**kwargs)
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8), (0.9, 7, 0.6)])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from protocol.errors import ProtocolError, RequestError
-from tests.models import tiny_model
+from tests.models import layer_kv, tiny_model
 from workers.target import TargetVerifier, VerifierState
 from workers.tree import ROOT, DraftTree
 
@@ -44,7 +44,7 @@ def fresh_cache_keys(model: object, ids: list[int]) -> list[torch.Tensor]:
     verifier = TargetVerifier(model)
     state = VerifierState()
     verifier.prefill(state, ids)
-    return [layer.keys.clone() for layer in state.cache.layers]
+    return [layer_kv(layer)[0].clone() for layer in state.cache.layers]
 
 
 @pytest.mark.parametrize("accepted", [[], [0], [0, 2, 5]])
@@ -64,7 +64,7 @@ def test_compaction_matches_fresh_prefill(accepted: list[int]) -> None:
         assert state.length == len(committed) - 1
         expected = fresh_cache_keys(model, committed[:-1])
         for layer, keys in zip(state.cache.layers, expected, strict=True):
-            assert torch.allclose(layer.keys, keys, atol=1e-5)
+            assert torch.allclose(layer_kv(layer)[0], keys, atol=1e-5)
 
 
 def test_rollback_then_continue() -> None:

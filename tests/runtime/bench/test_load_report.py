@@ -51,7 +51,7 @@ def test_without_a_reference_nothing_is_checked() -> None:
 
 def test_markdown_json_and_plots_are_written(tmp_path: Path) -> None:
     settings = LoadSettings([[5], [6]], [1, 2], max_new_tokens=3)
-    payload = {"label": "test", "machine": MACHINE, "notes": [], "rows": _rows(),
+    payload: dict[str, Any] = {"label": "test", "machine": MACHINE, "notes": [], "rows": _rows(),
                "settings": {"config": "c.yaml", "concurrency": [1, 2], "num_requests": {1: 2, 2: 2},
                             "num_prompts": len(settings.prompts), "max_new_tokens": 3, "temperature": 0.0,
                             "seed": None, "device": "cpu", "cores": [0]}}

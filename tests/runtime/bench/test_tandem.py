@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,9 +37,10 @@ def test_all_methods_and_selection() -> None:
 @pytest.mark.parametrize("kind", ["ngram", "model", "oracle"])
 def test_variant_is_a_valid_config_on_fresh_ports(tmp_path: Path, kind: str) -> None:
     base = tandem.base_data(str(REPO_ROOT / "configs" / "demo.yaml"))
-    keys = {"ngram": {}, "model": {"model": str(REPO_ROOT / "models/demo/draft")},
-            "oracle": {"oracle_reference": str(tmp_path / "ref.json"), "oracle_accept_prob": 0.7}}[kind]
-    drafter = tandem.drafter_section(base, kind, keys)
+    keys_by_kind: dict[str, dict[str, Any]] = {
+        "ngram": {}, "model": {"model": str(REPO_ROOT / "models/demo/draft")},
+        "oracle": {"oracle_reference": str(tmp_path / "ref.json"), "oracle_accept_prob": 0.7}}
+    drafter = tandem.drafter_section(base, kind, keys_by_kind[kind])
     path = tandem.write_variant(base, tmp_path, f"tandem-sync-{kind}", "sync", drafter, max_new_tokens=2000)
     config = TandemConfig.load(path)
     demo = TandemConfig.load(REPO_ROOT / "configs" / "demo.yaml")

@@ -17,6 +17,8 @@ import openai
 import pytest
 import torch
 import yaml
+from openai.types.chat import ChatCompletionMessageParam
+from openai.types.completion_choice import Logprobs as CompletionLogprobs
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.builders import load_tokenizer
@@ -29,7 +31,9 @@ from workers.hf_model import load_causal_lm
 
 KEY = "test-key"
 PROMPT = "def fibonacci(n):"
-MESSAGES = [{"role": "user", "content": "Write a function that adds two numbers."}]
+QUESTION = "Write a function that adds two numbers."
+MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": QUESTION}]  # for the Tandem clients and Engine
+SDK_MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]  # the same, for openai
 MAX_NEW = 16
 TARGET = REPO_ROOT / "models" / "demo" / "target"
 
@@ -105,14 +109,14 @@ def test_completion_stream_with_usage(base_url: str, reference: dict[str, Any]) 
 
 def test_chat_sync_and_async_equal_client_chat(base_url: str, reference: dict[str, Any]) -> None:
     expected = reference["chat"]
-    out = sdk(base_url).chat.completions.create(model="demo", messages=MESSAGES, max_tokens=MAX_NEW,
+    out = sdk(base_url).chat.completions.create(model="demo", messages=SDK_MESSAGES, max_tokens=MAX_NEW,
                                                 temperature=0)
     assert out.choices[0].message.content == expected.text and out.choices[0].message.role == "assistant"
     assert out.usage is not None and out.usage.completion_tokens == len(expected.token_ids)
 
     async def stream() -> tuple[str, Any]:
         client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0, timeout=120)
-        events = await client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=MAX_NEW,
+        events = await client.chat.completions.create(model="demo", messages=SDK_MESSAGES, max_tokens=MAX_NEW,
                                                       temperature=0, stream=True,
                                                       stream_options={"include_usage": True})
         chunks = [c async for c in events]
@@ -148,7 +152,7 @@ def test_bad_fields_keys_and_models_get_openai_errors(base_url: str) -> None:
     assert bad_best_of.value.status_code == 400 and isinstance(bad_best_of.value.body, dict)
     assert bad_best_of.value.body["param"] == "best_of" and bad_best_of.value.body["type"] == "invalid_request_error"
     with pytest.raises(openai.BadRequestError) as bad_temperature:
-        client.chat.completions.create(model="demo", messages=MESSAGES, temperature=-1)
+        client.chat.completions.create(model="demo", messages=SDK_MESSAGES, temperature=-1)
     assert isinstance(bad_temperature.value.body, dict) and bad_temperature.value.body["param"] == "temperature"
     with pytest.raises(openai.BadRequestError, match="max_tokens") as too_long:  # named as the user sent it
         client.completions.create(model="demo", prompt=PROMPT, max_tokens=100000)
@@ -187,6 +191,8 @@ def test_completion_logprobs_and_echo_equal_a_plain_forward(base_url: str, targe
                                     logprobs=3)
     choice = out.choices[0]
     assert choice.logprobs is not None and choice.text.startswith(PROMPT)
+    assert choice.logprobs.tokens is not None and choice.logprobs.token_logprobs is not None
+    assert choice.logprobs.top_logprobs is not None and choice.logprobs.text_offset is not None
     ids = prompt_ids + tokenizer(choice.text[len(PROMPT):], add_special_tokens=False)["input_ids"]
     assert len(choice.logprobs.tokens) == len(ids) == len(prompt_ids) + 4
     reference = forward_log_probs(target_model, ids)
@@ -206,17 +212,22 @@ def test_completion_logprobs_and_echo_equal_a_plain_forward(base_url: str, targe
 
 def test_chat_logprobs_streamed_and_not(base_url: str, target_model: Any) -> None:
     client = sdk(base_url)
-    out = client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=6, temperature=0.8, seed=5,
+    out = client.chat.completions.create(model="demo", messages=SDK_MESSAGES, max_tokens=6, temperature=0.8, seed=5,
                                          logprobs=True, top_logprobs=2)
     content = out.choices[0].logprobs.content if out.choices[0].logprobs else None
-    assert content is not None and len(content) == out.usage.completion_tokens  # type: ignore[union-attr]
+    assert content is not None and out.usage is not None and len(content) == out.usage.completion_tokens
     assert all(len(c.top_logprobs) == 2 and c.top_logprobs[0].logprob >= c.logprob - 1e-6 for c in content)
     assert "".join(c.token for c in content) == out.choices[0].message.content
-    chunks = list(client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=6, temperature=0.8,
+    chunks = list(client.chat.completions.create(model="demo", messages=SDK_MESSAGES, max_tokens=6, temperature=0.8,
                                                  seed=5, logprobs=True, top_logprobs=2, stream=True))
     streamed = [c for chunk in chunks if chunk.choices and chunk.choices[0].logprobs
                 for c in chunk.choices[0].logprobs.content or []]
     assert [(c.token, c.logprob) for c in streamed] == [(c.token, c.logprob) for c in content]
+
+
+def num_tokens(logprobs: CompletionLogprobs) -> int:
+    assert logprobs.tokens is not None
+    return len(logprobs.tokens)
 
 
 def test_n_samples_with_a_seed(base_url: str) -> None:
@@ -231,8 +242,8 @@ def test_n_samples_with_a_seed(base_url: str) -> None:
     assert single.choices[0].text == first.choices[0].text  # sample 0 keeps the seed
     assert first.usage is not None and single.usage is not None
     assert first.usage.prompt_tokens == single.usage.prompt_tokens  # the prompt counts once
-    assert first.usage.completion_tokens == sum(len(c.logprobs.tokens) for c in first.choices if c.logprobs)
-    chat = client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=4, temperature=1.0, seed=2,
+    assert first.usage.completion_tokens == sum(num_tokens(c.logprobs) for c in first.choices if c.logprobs)
+    chat = client.chat.completions.create(model="demo", messages=SDK_MESSAGES, max_tokens=4, temperature=1.0, seed=2,
                                           n=3, stream=True, stream_options={"include_usage": True})
     texts = ["", "", ""]
     usage = None

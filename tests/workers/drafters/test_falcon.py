@@ -26,7 +26,9 @@ def tiny_target(seed: int = 0, tie_word_embeddings: bool = False) -> LlamaForCau
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=128, initializer_range=0.2,
                          tie_word_embeddings=tie_word_embeddings)
-    return LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(config)
+    model.train(False)  # = eval(), which transformers leaves unannotated
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -151,4 +151,5 @@ def test_published_config_json_format_gives_the_drafter_shape(arch: str, rope: d
                                    "tie_word_embeddings": False})
     falcon = FalconConfig.from_target_config(config, num_layers=2)
     assert (falcon.rope_theta, falcon.num_kv_heads, falcon.vocab_size) == (1e6, 2, 96)
-    assert falcon.to_llama_config().rope_parameters["rope_type"] == "default"
+    rope_parameters = falcon.to_llama_config().rope_parameters
+    assert rope_parameters is not None and rope_parameters["rope_type"] == "default"

@@ -3,6 +3,7 @@ the `scripts/train_target.py --init --unlikelihood` run that made the shipped de
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import sys
@@ -62,7 +63,7 @@ def test_loss_is_minus_log_one_minus_p_at_masked_positions() -> None:
 def test_loss_without_masked_positions_is_zero_and_differentiable() -> None:
     logits = torch.randn(2, 5, 7, requires_grad=True)
     loss = unlikelihood_loss(logits, torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.bool))
-    loss.backward()
+    torch.autograd.backward(loss)
     assert float(loss.detach()) == 0.0 and logits.grad is not None
 
 
@@ -81,7 +82,7 @@ def test_a_step_on_the_loss_lowers_the_probability_of_repeated_tokens() -> None:
     rows = torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7, 8]])
     mask = repeated_ngram_mask(rows, 4, start=4)
     before = unlikelihood_loss(model(input_ids=rows).logits, rows, mask)
-    before.backward()
+    torch.autograd.backward(before)
     with torch.no_grad():
         for p in model.parameters():
             p -= 0.05 * p.grad
@@ -113,7 +114,7 @@ def test_train_target_fine_tunes_an_hf_checkpoint_with_unlikelihood(tmp_path: Pa
         (corpus / name).write_text(body)
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        import train_target
+        train_target = importlib.import_module("train_target")
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     out = tmp_path / "out"
