@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Generator
 from typing import Any, TypeVar
 
 import zmq
@@ -143,8 +143,8 @@ class Client:
         return self.generate(self.chat_formatter.prompt_ids(messages), params, **overrides)
 
     def stream(self, prompt_or_ids: str | list[int], params: GenerationParams | None = None,
-               **overrides: Any) -> Iterator[Chunk]:
-        """Chunks as they are committed; leaving the loop early cancels the request."""
+               **overrides: Any) -> Generator[Chunk, None, None]:
+        """Chunks as they are committed; leaving the loop early (or `close()`) cancels the request."""
         request_id = _new_id()
         fields = GenerationParams.of(params, overrides).message_fields(prompt_or_ids)
         self._send(Generate(request_id, **fields))
