@@ -60,7 +60,7 @@ def build_verifier_worker(config: TandemConfig, worker_id: str, calibrate: bool 
     section = config.verifier
     apply_placement(section)
     target = TargetVerifier.from_pretrained(section.model, section.torch_dtype, section.device,
-                                            section.attn_implementation)
+                                            section.attn_implementation, section.lean_forward)
     speculation, limits = config.speculation, config.limits
     max_length = section.max_length or limits.max_prompt_tokens + limits.max_new_tokens
     hidden = build_hidden_source(section.hidden_transfer, target) if section.hidden_transfer else None

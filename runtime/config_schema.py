@@ -159,6 +159,7 @@ class VerifierConfig(_Placement):
     max_batch: int | None = None  # requests verified in one forward; None = every running one
     prefill_chunk: int = 256  # prompt tokens per prefill forward, interleaved with verifications
     compile: bool = False  # torch.compile the verification forward on bucketed shapes (workers/compiled_forward.py)
+    lean_forward: bool = True  # transformers' math without its module machinery (workers/lean_decoder.py)
     hidden_transfer: str | None = None  # Hidden Transfer maps directory (scripts/train_hidden.py); None = off
 
     def __post_init__(self) -> None:
@@ -170,8 +171,9 @@ class VerifierConfig(_Placement):
             if getattr(self, key) is not None:
                 check_int(f"verifier.{key}", getattr(self, key), 1)
         check_int("verifier.prefill_chunk", self.prefill_chunk, 1)
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"verifier.compile must be true or false, got {self.compile!r}")
+        for key in ("compile", "lean_forward"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"verifier.{key} must be true or false, got {getattr(self, key)!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

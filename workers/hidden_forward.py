@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from workers.hidden_transfer import TransferMaps
+from workers.lean_decoder import LeanDecoder
 from workers.pseudo_mask import PseudoPlan
 
 
@@ -33,15 +34,22 @@ def decoder_layers(decoder: Any) -> list[Any]:
 
 
 def forward_with_pseudo(decoder: Any, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any,
-                        maps: TransferMaps, plan: PseudoPlan) -> tuple[torch.Tensor, torch.Tensor]:
+                        maps: TransferMaps, plan: PseudoPlan, lean: LeanDecoder | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """(real final-normed states [B, W, H], pseudo final-normed states [B, P, H]).
 
     mask: [B, 1, W, kv_len] for the real entries (it must not show the slot columns); plan.mask is the
-    slots' [B, 1, P, kv_len].
+    slots' [B, 1, P, kv_len]. `lean`: the same layers through `LeanDecoder.run` (bitwise the same states).
     """
     layers, split = decoder_layers(decoder), maps.config.layer
+
+    def run(hidden: torch.Tensor, lower: bool, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if lean is not None:
+            return lean.run(hidden, range(split) if lower else range(split, len(layers)), mask, positions, cache)
+        return run_layers(decoder, hidden, layers[:split] if lower else layers[split:], mask, positions, cache)
+
     device = decoder.embed_tokens.weight.device
-    hidden = run_layers(decoder, decoder.embed_tokens(ids), layers[:split], mask, positions, cache)
+    hidden = run(decoder.embed_tokens(ids), True, mask, positions)
     anchors = plan.anchors.to(device)
     anchor_states = hidden.gather(1, anchors[:, :, None].expand(-1, -1, hidden.shape[-1]))  # [B, A, H]
     pseudo = maps(anchor_states).flatten(1, 2).to(hidden.dtype)  # [B, A*k, H] anchor-major
@@ -49,7 +57,7 @@ def forward_with_pseudo(decoder: Any, ids: torch.Tensor, positions: torch.Tensor
     joined = torch.cat([hidden, pseudo], dim=1)
     joined_mask = torch.cat([mask, plan.mask.to(device, mask.dtype)], dim=2)
     joined_positions = torch.cat([positions, plan.positions.to(device)], dim=1)
-    joined = decoder.norm(run_layers(decoder, joined, layers[split:], joined_mask, joined_positions, cache))
+    joined = decoder.norm(run(joined, False, joined_mask, joined_positions))
     return joined[:, :width], joined[:, width:]
 
 

@@ -20,6 +20,7 @@ from workers.compiled_forward import CompiledForward
 from workers.hf_model import load_causal_lm
 from workers.hidden_forward import forward_with_pseudo
 from workers.hidden_transfer import TransferMaps
+from workers.lean_decoder import LeanDecoder
 from workers.pseudo_mask import pseudo_plan
 from workers.slot_cache import SlotCache
 from workers.tree import DraftTree
@@ -38,10 +39,12 @@ class VerifierState:
 class TargetVerifier:
     """Wraps a loaded HF causal LM; holds no per-request state itself."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, lean: bool = True) -> None:
         self.model = model.eval()
         self.config = model.config
         self.decoder = model.get_decoder()
+        # transformers' math without its module machinery (workers/lean_decoder.py); None: decoder(...)
+        self.lean = LeanDecoder.build(self.decoder) if lean else None
         self.lm_head = model.get_output_embeddings()
         self.vocab_size = int(self.lm_head.weight.shape[0])
         self.hidden_size = int(self.config.hidden_size)
@@ -53,8 +56,8 @@ class TargetVerifier:
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                        attn_implementation: str = "sdpa") -> TargetVerifier:
-        return cls(load_causal_lm(path, dtype, device, attn_implementation))
+                        attn_implementation: str = "sdpa", lean: bool = True) -> TargetVerifier:
+        return cls(load_causal_lm(path, dtype, device, attn_implementation), lean)
 
     @property
     def device(self) -> torch.device:
@@ -107,9 +110,7 @@ class TargetVerifier:
                                f"context of {self.max_positions}")
         mask, positions = tree_mask(tree, past, self.dtype, self.sliding_window)
         ids = torch.cat([torch.tensor([root_token]), tree.token_ids])[None].to(self.device)
-        out = self.decoder(input_ids=ids, attention_mask=mask.to(self.device),
-                           position_ids=positions.to(self.device), past_key_values=state.cache, use_cache=True)
-        hidden = out.last_hidden_state[0]  # [N+1, H]
+        hidden = self._decode(ids, positions.to(self.device), mask.to(self.device), state.cache)[0]  # [N+1, H]
         state.pending = tree.num_nodes + 1
         return self.lm_head(hidden).float(), hidden
 
@@ -129,10 +130,16 @@ class TargetVerifier:
         kv_len = cache.begin(slots, starts, width)
         try:
             ids, positions, mask = batch_inputs(rows, starts, kv_len, self.dtype, self.sliding_window)
-            out = self.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                               position_ids=positions.to(self.device), past_key_values=cache, use_cache=True)
+            return self._decode(ids.to(self.device), positions.to(self.device), mask.to(self.device), cache)
         finally:
             cache.end()
+
+    def _decode(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
+        """Final-normed hidden states [B, W, H] of ids at positions under a 4-D additive mask."""
+        if self.lean is not None:
+            return self.lean(ids, positions, mask, cache)
+        out = self.decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                           use_cache=True)
         hidden: torch.Tensor = out.last_hidden_state
         return hidden
 
@@ -157,7 +164,7 @@ class TargetVerifier:
             ids, positions, mask = batch_inputs(rows, starts, kv_len, self.dtype, self.sliding_window)
             plan = pseudo_plan(rows, starts, anchors, num_offsets, width, kv_len, self.dtype, self.sliding_window)
             return forward_with_pseudo(self.decoder, ids.to(self.device), positions.to(self.device),
-                                       mask.to(self.device), cache, maps, plan)
+                                       mask.to(self.device), cache, maps, plan, self.lean)
         finally:
             cache.end()
 

@@ -18,6 +18,8 @@ from transformers import LlamaConfig
 from transformers.cache_utils import Cache
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
+from workers.lean_decoder import LeanLayers, rms_norm
+
 CONFIG_FILE = "falcon_config.json"
 WEIGHTS_FILE = "model.safetensors"
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -119,6 +121,8 @@ class FalconDrafterModel(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(self.llama_config, i) for i in range(config.num_layers))
         self.norm = LlamaRMSNorm(hidden, eps=config.rms_norm_eps)
         self.rotary = LlamaRotaryEmbedding(self.llama_config)
+        # inference runs the layers' math without their module machinery (bitwise the same states)
+        self.lean = LeanLayers.build(list(self.layers), self.llama_config)
 
     def fuse(self, features: torch.Tensor, next_token_ids: torch.Tensor) -> torch.Tensor:
         """Pair inputs: features [B, T, H] at t and token ids [B, T] at t+1 -> [B, T, H]."""
@@ -134,6 +138,9 @@ class FalconDrafterModel(nn.Module):
                 cache: Cache | None = None) -> torch.Tensor:
         """inputs [B, Q, H], additive mask [B, 1, Q, K], position ids [B, Q] -> features [B, Q, H]."""
         position_embeddings = self.rotary(inputs, position_ids)
+        if self.lean is not None and not torch.is_grad_enabled():
+            hidden = self.lean.run(inputs, range(len(self.lean)), position_embeddings, attention_mask, cache)
+            return rms_norm(self.norm, hidden)
         hidden = inputs
         for layer in self.layers:
             hidden = layer(hidden, attention_mask=attention_mask, position_ids=position_ids,

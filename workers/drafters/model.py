@@ -19,6 +19,7 @@ from workers.batch_mask import Row
 from workers.drafters.base import DraftSession
 from workers.drafters.batched import BatchedDrafter, BatchedSession, StepPlan
 from workers.hf_model import load_causal_lm
+from workers.lean_decoder import LeanDecoder
 from workers.slot_cache import SlotCache
 from workers.tree import ROOT
 from workers.tree_policy import TreeConfig, children_to_add, expansion_values, pick_expansions
@@ -183,6 +184,7 @@ class ModelDrafter(BatchedDrafter):
     def __init__(self, model: Any) -> None:
         self.model = model.eval()
         self.decoder = model.get_decoder()
+        self.lean = LeanDecoder.build(self.decoder)  # the same states as decoder(...), less Python
         self.lm_head = model.get_output_embeddings()
         self.vocab_size = int(self.lm_head.weight.shape[0])
 
@@ -212,6 +214,8 @@ class ModelDrafter(BatchedDrafter):
     def _forward(self, ids: torch.Tensor, embeds: torch.Tensor | None, positions: torch.Tensor,
                  mask: torch.Tensor, cache: SlotCache) -> torch.Tensor:
         device = self.lm_head.weight.device
+        if self.lean is not None:
+            return self.lean(ids.to(device), positions.to(device), mask.to(device), cache)
         out = self.decoder(input_ids=ids.to(device), position_ids=positions.to(device),
                            attention_mask=mask.to(device), past_key_values=cache, use_cache=True)
         hidden: torch.Tensor = out.last_hidden_state  # [B, W, H]
