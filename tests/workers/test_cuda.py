@@ -88,3 +88,22 @@ def test_batched_rows_on_cuda_agree_with_batch_one(dtype: torch.dtype) -> None:
         top2 = one.topk(2, dim=-1).values
         clear = (top2[:, 0] - top2[:, 1]) > 2 * tolerance  # away from a tie the choice is the same
         assert torch.equal(one.argmax(-1)[clear], many.argmax(-1)[clear])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_forward_on_cuda_equals_the_modules(dtype: torch.dtype) -> None:
+    """The lean forward issues the modules' kernels in the modules' order: the same states on the GPU."""
+    model = on_cuda(dtype)
+    lean, modules = TargetVerifier(model), TargetVerifier(model, lean=False)
+    assert lean.lean is not None and modules.lean is None
+    generator = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, 96, (n,), generator=generator).tolist() for n in (5, 40, 17)]
+    tree = DraftTree.from_lists([7, 8, 9, 10], [-1, -1, 0, 2], [0.5] * 4)
+    outs = []
+    for verifier in (lean, modules):
+        cache = SlotCache.for_model(model.config, 3, 128, dtype, CUDA)
+        slots = [cache.allocate() for _ in prompts]
+        verifier.forward_rows(cache, slots, [0] * 3, [Row.chunk(p[:-1]) for p in prompts])
+        starts = [len(p) - 1 for p in prompts]
+        outs.append(verifier.forward_rows(cache, slots, starts, [Row.tree(p[-1], tree) for p in prompts]))
+    assert torch.equal(outs[0], outs[1])
