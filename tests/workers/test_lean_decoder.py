@@ -162,4 +162,5 @@ def test_the_falcon_drafter_runs_lean_and_grows_the_same_trees() -> None:
     model = make_drafter(target).model
     inputs = torch.randn(1, 5, model.config.hidden_size, requires_grad=True)
     model(inputs, None, torch.arange(5)[None]).sum().backward()
-    assert inputs.grad is not None and model.layers[0].self_attn.q_proj.weight.grad is not None
+    first: Any = model.layers[0]
+    assert inputs.grad is not None and first.self_attn.q_proj.weight.grad is not None
