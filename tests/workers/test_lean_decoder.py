@@ -99,6 +99,13 @@ def test_lean_hidden_transfer_forward_equals_the_modules(arch: str) -> None:
     assert verdicts[0][1].guesses is not None  # the root-only row ends at its anchor: its slots were read
 
 
+def assert_same_trees(these: list[DraftTree], those: list[DraftTree]) -> None:
+    for a, b in zip(these, those, strict=True):
+        assert a.num_nodes > 3
+        assert torch.equal(a.token_ids, b.token_ids) and torch.equal(a.parents, b.parents)
+        assert torch.equal(a.probs, b.probs)
+
+
 def test_the_draft_model_runs_lean_and_grows_the_same_trees() -> None:
     model = _model("llama")
     lean, modules = ModelDrafter(model), ModelDrafter(model)
@@ -108,13 +115,10 @@ def test_the_draft_model_runs_lean_and_grows_the_same_trees() -> None:
     trees = []
     for drafter in (lean, modules):
         sessions = [drafter.open(text, config) for text in prompts([20, 9])]
-        drafter.grow_many(sessions, [None, None])
-        drafter.grow_many(sessions, [None, None])
+        for _ in range(2):
+            drafter.grow_many(sessions, [None, None])
         trees.append([s.draft() for s in sessions])
-    for a, b in zip(*trees, strict=True):
-        assert a.num_nodes > 3
-        assert torch.equal(a.token_ids, b.token_ids) and torch.equal(a.parents, b.parents)
-        assert torch.equal(a.probs, b.probs)
+    assert_same_trees(*trees)
 
 
 def test_decoders_it_cannot_serve_are_named_and_left_to_the_modules() -> None:
@@ -155,10 +159,7 @@ def test_the_falcon_drafter_runs_lean_and_grows_the_same_trees() -> None:
         for _ in range(3):
             drafter.grow_many(sessions, [None, None])
         trees.append([s.draft() for s in sessions])
-    for a, b in zip(*trees, strict=True):
-        assert a.num_nodes > 3
-        assert torch.equal(a.token_ids, b.token_ids) and torch.equal(a.parents, b.parents)
-        assert torch.equal(a.probs, b.probs)
+    assert_same_trees(*trees)
     model = make_drafter(target).model
     inputs = torch.randn(1, 5, model.config.hidden_size, requires_grad=True)
     model(inputs, None, torch.arange(5)[None]).sum().backward()
