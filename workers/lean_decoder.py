@@ -11,12 +11,14 @@ and the rotary tables come from the model's own `rotary_emb`.
 It serves Llama, Mistral and Qwen2 decoders with `sdpa` attention and SiLU MLPs whose linear layers are
 plain `nn.Linear`; anything else (another architecture, `eager` attention, quantised or hooked modules)
 gets `None` from `LeanDecoder.build` and runs through `decoder(...)` as before. `LeanLayers` is the layer
-loop alone, for stacks of such layers outside an HF decoder (the Falcon drafter's).
+loop alone, for stacks of such layers outside an HF decoder (the Falcon drafter's). Hooks are looked for
+when it is built, with the model loaded; a hook registered on a module later is not run (set
+`verifier.lean_forward: false` to instrument the modules).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +62,14 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _hooked(modules: Iterable[nn.Module]) -> str | None:
+    """A module whose forward hooks (or accelerate's offloading hook) the lean path would skip."""
+    for module in modules:
+        if getattr(module, "_hf_hook", None) is not None or module._forward_hooks or module._forward_pre_hooks:
+            return f"{type(module).__name__} carries hooks (offloading or instrumentation)"
+    return None
+
+
 def unsupported_layers(layers: Sequence[Any], config: Any) -> str | None:
     """Why this stack of decoder layers cannot run lean (None: it can)."""
     if getattr(config, "_attn_implementation", None) != "sdpa":
@@ -69,9 +79,9 @@ def unsupported_layers(layers: Sequence[Any], config: Any) -> str | None:
     for layer in layers:
         if type(layer).__name__ not in SUPPORTED_LAYERS:
             return f"decoder layer {type(layer).__name__}"
-        for module in layer.modules():
-            if getattr(module, "_hf_hook", None) is not None or module._forward_hooks or module._forward_pre_hooks:
-                return f"{type(module).__name__} carries hooks (offloading or instrumentation)"
+        hooked = _hooked(layer.modules())
+        if hooked is not None:
+            return hooked
         attention, mlp = layer.self_attn, layer.mlp
         linears = [getattr(attention, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
         linears += [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
@@ -92,9 +102,9 @@ def unsupported(decoder: Any) -> str | None:
             return f"decoder has no {name}"
     if type(decoder.norm).__name__ not in SUPPORTED_NORMS:
         return f"final norm {type(decoder.norm).__name__}"
-    for module in (decoder, decoder.embed_tokens, decoder.norm, decoder.rotary_emb):
-        if getattr(module, "_hf_hook", None) is not None or module._forward_hooks or module._forward_pre_hooks:
-            return f"{type(module).__name__} carries hooks (offloading or instrumentation)"
+    hooked = _hooked([decoder, decoder.embed_tokens, decoder.norm, decoder.rotary_emb])
+    if hooked is not None:
+        return hooked
     return unsupported_layers(decoder.layers[: decoder.config.num_hidden_layers], decoder.config)
 
 
