@@ -54,6 +54,7 @@ def load_tokenizer(model_dir: str) -> Any:
 
 
 def build_verifier_worker(config: TandemConfig, worker_id: str, calibrate: bool = True) -> Any:
+    from workers.elastic import core_lease
     from workers.target import TargetVerifier
     from workers.verifier_worker import VerifierWorker, tokenizer_hash
 
@@ -64,13 +65,17 @@ def build_verifier_worker(config: TandemConfig, worker_id: str, calibrate: bool 
     speculation, limits = config.speculation, config.limits
     max_length = section.max_length or limits.max_prompt_tokens + limits.max_new_tokens
     hidden = build_hidden_source(section.hidden_transfer, target) if section.hidden_transfer else None
+    disable_at = speculation.disable_at_requests if speculation.mode != "off" and config.drafter else 0
+    drafter = config.drafter
+    lease = core_lease(section.cpu_affinity, section.num_threads, drafter.cpu_affinity, section.device,
+                       drafter.device) if disable_at and drafter and section.borrow_drafter_cores else None
     worker = VerifierWorker(target, worker_id, tokenizer_hash(section.model), os.path.basename(section.model),
                             speculation.acceptance, max(speculation.tree.total_tokens, 1), speculation.local_lookup,
                             max_running=limits.max_running_per_verifier, max_batch=section.max_batch,
                             max_length=max_length, prefill_chunk=section.prefill_chunk,
                             compile_backend="inductor" if section.compile else None,
                             target_candidates=speculation.target_candidates, hidden=hidden,
-                            merge_sources=speculation.merge_sources)
+                            merge_sources=speculation.merge_sources, disable_at=disable_at, lease=lease)
     if speculation.mode != "off" and calibrate:
         worker.calibrate()  # t(n) for the cost model; refined online
     return worker
@@ -98,7 +103,8 @@ def build_drafter_worker(config: TandemConfig, worker_id: str) -> Any:
     drafter, vocab_size, hidden_size = build_drafter(section, config.verifier.model)
     model_hash = tokenizer_hash(section.model) if section.kind == "model" and section.model else ""
     return DrafterWorker(drafter, config.speculation.tree, config.speculation.mode, worker_id, section.device,
-                         vocab_size, hidden_size, model_hash, os.path.basename(section.model or section.kind))
+                         vocab_size, hidden_size, model_hash, os.path.basename(section.model or section.kind),
+                         disable_at=config.speculation.disable_at_requests)
 
 
 def build_drafter(section: DrafterConfig, target_dir: str) -> tuple[Any, int, int]:

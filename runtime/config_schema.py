@@ -161,6 +161,9 @@ class VerifierConfig(_Placement):
     compile: bool = False  # torch.compile the verification forward on bucketed shapes (workers/compiled_forward.py)
     lean_forward: bool = True  # transformers' math without its module machinery (workers/lean_decoder.py)
     hidden_transfer: str | None = None  # Hidden Transfer maps directory (scripts/train_hidden.py); None = off
+    # while speculation is paused (speculation.disable_at_requests), a pinned CPU verifier also runs on the
+    # pinned CPU drafter's cores, one thread per core (workers/elastic.py)
+    borrow_drafter_cores: bool = True
 
     def __post_init__(self) -> None:
         check_str("verifier.model", self.model)
@@ -171,7 +174,7 @@ class VerifierConfig(_Placement):
             if getattr(self, key) is not None:
                 check_int(f"verifier.{key}", getattr(self, key), 1)
         check_int("verifier.prefill_chunk", self.prefill_chunk, 1)
-        for key in ("compile", "lean_forward"):
+        for key in ("compile", "lean_forward", "borrow_drafter_cores"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"verifier.{key} must be true or false, got {getattr(self, key)!r}")
 
@@ -236,6 +239,9 @@ class SpeculationConfig:
     # MCSD's target-initialised candidates: where the exact path stops, a child among the target's top W may be
     # committed instead when its branch is accepted longer. LOSSY (output is no longer the target's); 0 = exact
     target_candidates: int = 0
+    # under load speculation steps aside (vLLM's disable_by_batch_size): from this many requests on one
+    # verifier it verifies root-only and the drafter idles, back below half of it; 0 = never (workers/elastic.py)
+    disable_at_requests: int = 0
 
     def __post_init__(self) -> None:
         from protocol.params import TreeConfig
@@ -250,6 +256,7 @@ class SpeculationConfig:
         if not isinstance(self.tree, TreeConfig):
             raise ConfigError(f"speculation.tree must be a TreeConfig, got {self.tree!r}")
         check_int("speculation.target_candidates", self.target_candidates, 0)
+        check_int("speculation.disable_at_requests", self.disable_at_requests, 0)
         if self.target_candidates == 1:
             raise ConfigError("speculation.target_candidates must be 0 (off, exact) or at least 2, got 1")
 

@@ -55,6 +55,10 @@ class RuntimeMetrics:
             "num_drafter_reroot_hits": hits,
             "num_drafter_commits": commits,
             "num_prefixes_shared": sum(s.get("num_prefixes_shared", 0) for s in verifiers),  # n > 1 samples
+            # speculation stepping aside under load (speculation.disable_at_requests; workers/elastic.py)
+            "num_paused_batches": sum(s.get("num_paused_batches", 0) for s in verifiers),
+            "num_speculation_pauses": sum(s.get("num_speculation_pauses", 0) for s in verifiers),
+            "num_verifiers_paused": sum(s.get("speculation_paused", 0) for s in verifiers),
             "num_finished": self.num_finished,
             "num_cancelled": self.num_cancelled,
             "num_errors": self.num_errors,

@@ -21,6 +21,7 @@ from protocol.messages import PROTOCOL_VERSION, Commit, Draft, Failed, Hello, Me
 from protocol.trace import tracer
 from workers.cost_model import VerifyCost, choose_num_expansions
 from workers.drafters.base import Drafter, DraftSession, draft_many
+from workers.elastic import SpeculationGate
 from workers.tree import DraftTree
 from workers.verifier_worker import fingerprint
 from workers.wire import from_blob, tree_blobs
@@ -40,11 +41,13 @@ class DrafterWorker:
 
     def __init__(self, drafter: Drafter, tree: Any, mode: str, worker_id: str, device: str = "cpu",
                  vocab_size: int = 0, hidden_size: int = 0, tokenizer_hash: str = "", model_name: str = "",
-                 max_batch: int = 64) -> None:
+                 max_batch: int = 64, disable_at: int = 0) -> None:
         self.drafter, self.tree, self.mode, self.worker_id, self.device = drafter, tree, mode, worker_id, device
         self.max_batch = max(1, max_batch)  # requests whose trees grow in one step
         self.info = fingerprint(vocab_size, hidden_size, tokenizer_hash, model_name)
         self.requests: dict[str, _Request] = {}
+        # under load the drafter idles (it still follows every commit) and its cores serve the verifier
+        self.gate = SpeculationGate(disable_at)  # the verifier's rule on the same count (workers/elastic.py)
         self._turn = 0
         self.compute_s = 0.0
         self.counters = {"num_drafts_sent": 0, "num_grow_steps": 0, "num_commits": 0, "num_reroot_hits": 0}
@@ -55,7 +58,9 @@ class DrafterWorker:
                      needs_features=self.drafter.needs_features, pid=os.getpid())
 
     def stats(self) -> dict[str, Any]:
-        return {"num_requests": len(self.requests), "compute_s": self.compute_s, **self.counters}
+        return {"num_requests": len(self.requests), "compute_s": self.compute_s,
+                "speculation_paused": int(self.gate.is_shut), "num_speculation_pauses": self.gate.num_shut,
+                **self.counters}
 
     def handle(self, message: Message) -> list[Message]:
         request_id = getattr(message, "request_id", "")
@@ -101,6 +106,9 @@ class DrafterWorker:
         return []
 
     def has_work(self) -> bool:
+        self.gate.update(len(self.requests))
+        if self.gate.is_shut:  # due drafts wait; commits keep every session current meanwhile
+            return False
         if self.mode == "sync":
             return any(r.owes_draft for r in self.requests.values())
         return any(r.can_grow for r in self.requests.values())

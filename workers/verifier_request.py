@@ -87,8 +87,13 @@ class VerifierRequest:
         return len(self.committed)
 
     @property
+    def is_running(self) -> bool:
+        """Prefilled and not stopped: verifiable once it has what its mode waits for."""
+        return self.prefill is None and not self.is_stopped
+
+    @property
     def is_runnable(self) -> bool:
-        return self.prefill is None and not self.is_stopped and (self.mode != "sync" or self.is_fresh)
+        return self.is_running and (self.mode != "sync" or self.is_fresh)
 
     def receive(self, draft: Draft) -> None:
         """Keep the newest draft; drafts in between are never decoded. Sync mode wants one of this epoch."""

@@ -36,13 +36,14 @@ from protocol.messages import (
     Steer,
 )
 from protocol.params import SamplingParams
-from protocol.trace import tracer
+from protocol.trace import now_us, tracer
 from workers.batch_choice import Forest, Offer, Ranking, best_by_row, merge_offers, pick_offers, rank_offers
 from workers.batch_cost import BatchCost
 from workers.batch_verify import Verdict, VerifyJob, prefill_batch, prefill_guessing, verify_batch
 from workers.compiled_forward import CompiledForward, bucket
 from workers.cost_model import CalibratedAcceptance, choose_width, make_acceptance
 from workers.drafters.ngram import trie_from_rows
+from workers.elastic import CoreLease, SpeculationGate
 from workers.hidden_source import HiddenSource
 from workers.logprobs import committed_rows, prompt_logprobs, token_logprobs
 from workers.lookup_index import LookupIndex
@@ -70,7 +71,8 @@ class VerifierWorker:
                  acceptance: str = "calibrated", max_tree_nodes: int = 64, local_lookup: bool = True,
                  max_running: int = 32, max_batch: int | None = None, max_length: int | None = None,
                  prefill_chunk: int = 256, compile_backend: str | Callable[..., Any] | None = None,
-                 target_candidates: int = 0, hidden: HiddenSource | None = None, merge_sources: bool = True) -> None:
+                 target_candidates: int = 0, hidden: HiddenSource | None = None, merge_sources: bool = True,
+                 disable_at: int = 0, lease: CoreLease | None = None) -> None:
         self.target = target
         self.worker_id = worker_id
         self.tokenizer_hash = tokenizer_hash
@@ -98,11 +100,14 @@ class VerifierWorker:
                            for greedy in (True, False) for source in ("drafter", "lookup", "hidden")}
         self.local_lookup = local_lookup
         self.merge_sources = merge_sources  # verify the union of a request's draft sources (False: the best one)
+        # under load speculation steps aside: root-only verifications, on the drafter's cores too (workers/elastic.py)
+        self.gate, self.lease = SpeculationGate(disable_at), lease
         self.compute_s = 0.0
         self.counters = {"num_verifications": 0, "num_drafts": 0, "num_drafts_dropped": 0, "num_nodes_verified": 0,
                          "num_drafts_malformed": 0, "num_lookups": 0, "num_batches": 0, "num_prefill_chunks": 0,
                          "num_failed": 0, "num_prefixes_shared": 0, "num_hidden_trees": 0,
-                         "num_hidden_verifications": 0, "num_hidden_accepted": 0, "num_prefill_guesses": 0}
+                         "num_hidden_verifications": 0, "num_hidden_accepted": 0, "num_prefill_guesses": 0,
+                         "num_paused_batches": 0}
         self._order: list[str] = []  # round-robin order of request ids
         self._prefill_turn = True  # prefill chunks and verifications alternate while both are due
 
@@ -113,6 +118,7 @@ class VerifierWorker:
 
     def stats(self) -> dict[str, Any]:
         return {"num_requests": len(self.requests), "compute_s": self.compute_s, "free_slots": self.cache.num_free,
+                "speculation_paused": int(self.gate.is_shut), "num_speculation_pauses": self.gate.num_shut,
                 **self.counters}
 
     # ---- start-up ------------------------------------------------------------------------------------
@@ -264,7 +270,21 @@ class VerifierWorker:
     # ---- steps ---------------------------------------------------------------------------------------
 
     def has_work(self) -> bool:
-        return any(r.prefill is not None or r.is_runnable for r in self.requests.values())
+        paused = self._is_paused()
+        return any(r.prefill is not None or r.is_runnable or (paused and r.is_running) for r in self.requests.values())
+
+    def _is_paused(self) -> bool:
+        """Is speculation shut for the requests held now? Moves the verifier's cores with the gate.
+
+        It counts the prefilled requests: those the drafter holds too (the coordinator opens a request on
+        the drafter once its prefill is done, and releases it on both), so both gates move together."""
+        count = sum(r.prefill is None for r in self.requests.values()) if self.gate.disable_at else 0
+        if self.gate.update(count):
+            tracer.complete("speculation_paused" if self.gate.is_shut else "speculation_resumed", now_us(), 0.0,
+                            requests=count)
+            if self.lease is not None:
+                self.lease.take() if self.gate.is_shut else self.lease.give_back()
+        return self.gate.is_shut
 
     def step(self) -> list[Message]:
         """One batched step: the next prompt chunks, or one verification of every runnable request.
@@ -273,8 +293,9 @@ class VerifierWorker:
         costs the running requests at most one chunk's forward between two of their verifications.
         """
         self._order = [r for r in self._order if r in self.requests]
+        paused = self._is_paused()  # then every running request verifies root-only, waiting for no draft
         prefilling = [r for r in self._order if self.requests[r].prefill is not None]
-        runnable = [r for r in self._order if self.requests[r].is_runnable]
+        runnable = [r for r in self._order if self.requests[r].is_runnable or (paused and self.requests[r].is_running)]
         if prefilling and (self._prefill_turn or not runnable):
             self._prefill_turn = False
             return self._prefill_step(prefilling)
@@ -285,7 +306,7 @@ class VerifierWorker:
         for request_id in chosen:  # round-robin: those verified now go to the back
             self._order.remove(request_id)
             self._order.append(request_id)
-        return self._verify_step(chosen)
+        return self._verify_step(chosen, paused)
 
     def _prefill_step(self, request_ids: list[str]) -> list[Message]:
         """Cache up to `prefill_chunk` prompt tokens, first come first served, in one forward."""
@@ -382,13 +403,18 @@ class VerifierWorker:
 
     # ---- verification --------------------------------------------------------------------------------
 
-    def _verify_step(self, request_ids: list[str]) -> list[Message]:
-        """One forward for every chosen request; a failure of the shared forward is retried row by row."""
+    def _verify_step(self, request_ids: list[str], paused: bool = False) -> list[Message]:
+        """One forward for every chosen request; a failure of the shared forward is retried row by row.
+        `paused`: speculation is shut (workers/elastic.py), every row verifies its root alone."""
         requests = [self.requests[r] for r in request_ids]
         start = time.perf_counter()
-        with tracer.span("choose", rows=len(requests)):
-            trees = self._choose_batch(requests)
-        anchors = self._anchors(requests, trees) if self.hidden is not None else [()] * len(requests)
+        if paused:
+            trees = [self._take(r, None, None, None, 0) for r in requests]
+            self.counters["num_paused_batches"] += 1
+        else:
+            with tracer.span("choose", rows=len(requests)):
+                trees = self._choose_batch(requests)
+        anchors = self._anchors(requests, trees) if self.hidden is not None and not paused else [()] * len(requests)
         jobs = [VerifyJob(r.slot, r.epoch - 1, r.committed[-1], tree, r.params, self.target_candidates, a)
                 for r, tree, a in zip(requests, trees, anchors, strict=True)]
         width = 1 + max(tree.num_nodes for tree in trees)
@@ -404,9 +430,10 @@ class VerifierWorker:
                 return [self._fail(request_ids[0], err)]
             log.warning("batched verification of %d requests failed (%s): verifying them one by one",
                         len(jobs), err)
-            return [reply for r in request_ids for reply in self._verify_step([r])]
+            return [reply for r in request_ids for reply in self._verify_step([r], paused)]
         slots = self.hidden.width_of(anchors) if self.hidden is not None else 0  # what the slots cost, in rows
-        self.cost.observe(len(jobs), width + slots, context, forward_s)
+        if not (paused and self.lease is not None and self.lease.is_held):  # borrowed cores: another cost curve
+            self.cost.observe(len(jobs), width + slots, context, forward_s)
         self.counters["num_batches"] += 1
         with tracer.span("learn", rows=len(jobs)):
             self._learn(requests, jobs, verdicts)

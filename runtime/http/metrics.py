@@ -31,6 +31,8 @@ _COUNTERS = (
                                                                           "drafter's living tree (re-rooted)."),
     ("tandem:spec_decode_drafts_forwarded", "num_drafts_forwarded", "Draft trees streamed to verifiers."),
     ("tandem:spec_decode_drafter_commits", "num_drafter_commits", "Commits applied by drafters."),
+    ("tandem:spec_decode_paused_batches", "num_paused_batches", "Verification forwards run root-only because "
+                                                                "speculation was paused under load."),
     ("tandem:num_stale_dropped", "num_stale_dropped", "Messages dropped because their epoch was stale."),
     ("tandem:num_malformed_dropped", "num_malformed_dropped", "Malformed messages dropped."),
 )
@@ -61,6 +63,9 @@ class SnapshotCollector(Collector):
                                 value=float(data.get("num_queued", 0)))
         yield GaugeMetricFamily("tandem:spec_decode_mean_tau", "Tokens committed per verification.",
                                 value=float(data.get("tau", 0.0)))
+        yield GaugeMetricFamily("tandem:spec_decode_verifiers_paused", "Verifiers whose speculation is paused "
+                                "under load (speculation.disable_at_requests).",
+                                value=float(data.get("num_verifiers_paused", 0)))
         workers = GaugeMetricFamily("tandem:num_workers", "Workers joined, per role.", labels=["role"])
         for role in ("verifier", "drafter"):
             workers.add_metric([role], float(sum(w.get("role") == role for w in data.get("workers", []))))

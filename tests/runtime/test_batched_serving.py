@@ -49,15 +49,17 @@ def drafter_of(kind: str, target: Any) -> Any:
 class Serving:
     """Coordinator + verifier + drafter in one process; clients join and leave between steps."""
 
-    def __init__(self, mode: str, kind: str) -> None:
+    def __init__(self, mode: str, kind: str, disable_at: int = 0) -> None:
         self.target = tiny_model("llama", seed=11)
         config = TandemConfig.from_dict({"verifier": {"model": "unused"}, "drafter": {"kind": "ngram"},
                                          "speculation": {"mode": mode, "tree": {"total_tokens": 12, "depth": 5,
                                                                                  "top_k": 3}}})
         self.coordinator = Coordinator(config, None, {"vocab_size": 96, "hidden_size": 64}, frozenset({2}))
-        self.verifier = VerifierWorker(TargetVerifier(self.target), "v", max_running=8, prefill_chunk=32)
-        drafter = DrafterWorker(drafter_of(kind, self.target), config.speculation.tree, mode, "d",
-                                vocab_size=96, hidden_size=64)
+        self.verifier = VerifierWorker(TargetVerifier(self.target), "v", max_running=8, prefill_chunk=32,
+                                       disable_at=disable_at)
+        self.drafter = DrafterWorker(drafter_of(kind, self.target), config.speculation.tree, mode, "d",
+                                     vocab_size=96, hidden_size=64, disable_at=disable_at)
+        drafter = self.drafter
         self.handlers: dict[bytes, Any] = {b"v": self.verifier, b"d": drafter}
         for identity, handler in self.handlers.items():
             self.coordinator.on_worker(identity, handler.hello())
@@ -139,6 +141,54 @@ def test_a_seeded_sampled_request_draws_the_same_tokens_whatever_else_is_in_the_
     crowded.submit("s", PROMPTS["r2"], **sampling)
     crowded.run(lambda: len(crowded.finish) == 4)
     assert crowded.max_rows >= 2
+    assert len(alone.tokens["s"]) == MAX_NEW and crowded.tokens["s"] == alone.tokens["s"]
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_speculation_steps_aside_under_load_and_returns_and_every_output_stays_exact(mode: str) -> None:
+    """With `disable_at` 3: three or more requests verify root-only and the drafter idles (sync requests
+    wait for no draft); at one request speculation is back; every output is its own greedy `generate`."""
+    serving = Serving(mode, "model", disable_at=3)
+    crowd = ["r1", "r2", "r3", "r5"]
+    for request_id in crowd:
+        serving.submit(request_id, PROMPTS[request_id])
+    paused_nodes, drafts_while_shut = [], 0
+    for _ in range(2000):
+        if all(r in serving.finish for r in crowd):
+            break
+        nodes, drafts = serving.verifier.counters["num_nodes_verified"], serving.drafter.counters["num_drafts_sent"]
+        serving.step()
+        if serving.verifier.gate.is_shut and len(serving.verifier.requests) >= 3:
+            paused_nodes.append(serving.verifier.counters["num_nodes_verified"] - nodes)
+        if serving.drafter.gate.is_shut:  # its own count (it opens a request after the prefill) shut it
+            drafts_while_shut += serving.drafter.counters["num_drafts_sent"] - drafts
+    assert all(r in serving.finish for r in crowd), serving.finish
+    assert paused_nodes and not any(paused_nodes)  # steps while paused verified no node
+    assert serving.verifier.counters["num_paused_batches"] > 0 and serving.verifier.gate.num_shut == 1
+    assert serving.drafter.gate.num_shut == 1 and drafts_while_shut == 0
+    serving.run(lambda: not serving.verifier.requests and not serving.drafter.requests)
+    assert not serving.verifier.gate.is_shut and not serving.drafter.gate.is_shut
+    paused_batches, nodes = (serving.verifier.counters[k] for k in ("num_paused_batches", "num_nodes_verified"))
+    serving.submit("alone", PROMPTS["r4"])
+    serving.run(lambda: "alone" in serving.finish)
+    assert serving.verifier.counters["num_paused_batches"] == paused_batches  # one request: speculating again
+    assert serving.verifier.counters["num_nodes_verified"] > nodes
+    for request_id, ids in [*((r, PROMPTS[r]) for r in crowd), ("alone", PROMPTS["r4"])]:
+        assert serving.tokens[request_id] == hf_greedy(serving.target, ids, MAX_NEW), request_id
+        assert serving.finish[request_id] == "length"
+
+
+def test_a_seeded_sampled_request_draws_the_same_tokens_with_speculation_paused() -> None:
+    sampling = {"temperature": 0.9, "top_p": 0.95, "seed": 1234}
+    alone = Serving("async", "model")
+    alone.submit("s", PROMPTS["r2"], **sampling)
+    alone.run(lambda: "s" in alone.finish)
+    crowded = Serving("async", "model", disable_at=2)
+    crowded.submit("r0", PROMPTS["r0"], temperature=0.7, seed=7)
+    crowded.submit("s", PROMPTS["r2"], **sampling)
+    crowded.run(lambda: len(crowded.finish) == 2)
+    assert crowded.verifier.counters["num_paused_batches"] > 0
+    assert alone.verifier.counters["num_nodes_verified"] > 0  # alone it verified trees
     assert len(alone.tokens["s"]) == MAX_NEW and crowded.tokens["s"] == alone.tokens["s"]
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+import yaml
 import zmq
 
 from protocol.errors import RequestError
@@ -125,3 +128,38 @@ def test_cancel_stops_a_request(deployment: Deployment) -> None:
         stream.close()  # leaving the stream cancels the request
         assert client.generate(PROMPTS[1], max_new_tokens=5).finish_reason in ("length", "stop")
         assert client.metrics()["num_active"] == 0
+
+
+def test_speculation_steps_aside_under_load_in_real_processes(models: dict[str, Path], reference: list[list[int]],
+                                                              tmp_path: Path) -> None:
+    """`speculation.disable_at_requests: 2`, verifier and drafter pinned to different cores: three requests at
+    once verify root-only (the verifier on both cores), one alone speculates again, every output is exact."""
+    cores = sorted(os.sched_getaffinity(0))
+    config = write_config(tmp_path / "tandem.yaml", models["target"], "async",
+                          {"kind": "model", "model": str(models["draft"]), "cpu_affinity": cores[:1]})
+    data = yaml.safe_load(config.read_text())
+    data["verifier"]["cpu_affinity"] = cores[-1:]
+    data["speculation"]["disable_at_requests"] = 2
+    config.write_text(yaml.safe_dump(data))
+
+    async def run_all(address: str) -> list[list[int]]:
+        async with AsyncClient(address, timeout_s=60) as client:
+            outputs = await asyncio.gather(*(client.generate(p, max_new_tokens=MAX_NEW) for p in PROMPTS))
+            return [o.token_ids for o in outputs]
+
+    with Deployment(str(config)) as deployment:
+        deployment.start(timeout_s=120)
+        address = deployment.config.coordinator.client_address
+        assert asyncio.run(run_all(address)) == reference
+        verifier = psutil.Process(deployment.processes["verifier"].pid)
+        with Client(address, timeout_s=60) as client:
+            assert client.generate(PROMPTS[1], max_new_tokens=MAX_NEW).token_ids == reference[1]  # alone
+            for _ in range(100):  # the workers report their counters with each heartbeat
+                metrics = client.metrics()
+                if metrics["num_paused_batches"] and not metrics["num_verifiers_paused"]:
+                    break
+                time.sleep(0.1)
+        assert metrics["num_paused_batches"] > 0 and metrics["num_speculation_pauses"] >= 1
+        assert metrics["num_verifiers_paused"] == 0  # one request at a time: speculating again
+        assert metrics["num_draft_tokens"] > 0
+        assert verifier.cpu_affinity() == cores[-1:]  # the drafter's cores given back

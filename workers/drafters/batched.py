@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,7 +87,9 @@ class BatchedSession(DraftSession):
             self.slot = -1
 
     def __del__(self) -> None:  # a session dropped without release() gives its slot back
-        with contextlib.suppress(Exception):  # at interpreter shutdown there is nothing left to free
+        if sys.is_finalizing():  # the process is ending: nothing to give back, and new tensors now abort torch
+            return
+        with contextlib.suppress(Exception):
             self.release()
 
 

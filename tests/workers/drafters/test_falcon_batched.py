@@ -3,7 +3,10 @@ leave a slot holding what a fresh prefill holds, and slots come and go with sess
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,3 +181,20 @@ def test_slots_follow_sessions_and_the_cache_grows(target: LlamaForCausalLM) -> 
     with pytest.raises(ValueError, match="shape"):  # a refused open takes no slot
         drafter.open(texts[0], CONFIG, torch.zeros(3, 1))
     assert cache.num_free == free - 1
+
+
+def test_a_process_ending_with_falcon_sessions_open_exits_cleanly() -> None:
+    """A drafter worker shut down while it holds requests: the sessions' finalisers run during interpreter
+    shutdown, when making a tensor aborted the process in torch (THPVariable_clear's assertion)."""
+    script = (
+        "from tests.workers.drafters.test_falcon import make_drafter, open_session, tiny_target\n"
+        "from workers.tree_policy import TreeConfig\n"
+        "target = tiny_target()\n"
+        "drafter = make_drafter(target)\n"
+        "sessions = [open_session(drafter, target, [5, 6, 7, 8, 9], TreeConfig(8, 4, 2)) for _ in range(3)]\n"
+        "print('opened', len(sessions))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[3])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "opened 3" in done.stdout and "INTERNAL ASSERT" not in done.stderr
