@@ -162,8 +162,8 @@ class VerifierConfig(_Placement):
     lean_forward: bool = True  # transformers' math without its module machinery (workers/lean_decoder.py)
     hidden_transfer: str | None = None  # Hidden Transfer maps directory (scripts/train_hidden.py); None = off
     # while speculation is paused (speculation.disable_at_requests), a pinned CPU verifier also runs on the
-    # pinned CPU drafter's cores, one thread per core (workers/elastic.py)
-    borrow_drafter_cores: bool = True
+    # pinned CPU drafter's cores, one thread per core (workers/elastic.py); it lost on the 2-core demo layout
+    borrow_drafter_cores: bool = False
 
     def __post_init__(self) -> None:
         check_str("verifier.model", self.model)

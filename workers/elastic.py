@@ -1,5 +1,5 @@
-"""Speculation that steps aside under load: a gate on the number of requests a worker holds, and the cores
-a CPU verifier borrows from its drafter while the gate is shut.
+"""Speculation that steps aside under load: a gate on the number of requests a worker holds, and (opt-in)
+the cores a CPU verifier borrows from its drafter while the gate is shut.
 
 Drafting pays when the verifier's forward is latency-bound: one request, or a few. With many rows a
 verification forward is compute-bound, a tree's extra nodes cost nearly what they save, and on a CPU the
@@ -14,8 +14,11 @@ message is needed. The counts differ only while a message is in flight or a work
 step; that costs a root-only or an idle step, or one step sharing a core, never a wrong token (a
 verification without nodes commits exactly the target's next token).
 
-`CoreLease` widens the verifier's main thread to its drafter's cores and raises torch's thread count while
-the gate is shut, and gives them back when it opens.
+`CoreLease` (`verifier.borrow_drafter_cores`, off by default) widens the verifier's main thread to its
+drafter's cores and raises torch's thread count while the gate is shut, and gives them back when it opens.
+On the 2-core demo layout it lost: a second thread sped the 16-row forward by 1.0-1.2x in-process, and in a
+deployment its OpenMP barriers stall whenever the coordinator, the client or the idle drafter's commit
+work runs on that core (docs/performance.md, "Speculation under load").
 """
 
 from __future__ import annotations

@@ -139,6 +139,7 @@ def test_speculation_steps_aside_under_load_in_real_processes(models: dict[str, 
                           {"kind": "model", "model": str(models["draft"]), "cpu_affinity": cores[:1]})
     data = yaml.safe_load(config.read_text())
     data["verifier"]["cpu_affinity"] = cores[-1:]
+    data["verifier"]["borrow_drafter_cores"] = True
     data["speculation"]["disable_at_requests"] = 2
     config.write_text(yaml.safe_dump(data))
 
