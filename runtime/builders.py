@@ -65,8 +65,8 @@ def build_verifier_worker(config: TandemConfig, worker_id: str, calibrate: bool 
     speculation, limits = config.speculation, config.limits
     max_length = section.max_length or limits.max_prompt_tokens + limits.max_new_tokens
     hidden = build_hidden_source(section.hidden_transfer, target) if section.hidden_transfer else None
-    disable_at = speculation.disable_at_requests if speculation.mode != "off" and config.drafter else 0
     drafter = config.drafter
+    disable_at = speculation.disable_at_requests if speculation.mode != "off" and drafter else 0
     lease = core_lease(section.cpu_affinity, section.num_threads, drafter.cpu_affinity, section.device,
                        drafter.device) if disable_at and drafter and section.borrow_drafter_cores else None
     worker = VerifierWorker(target, worker_id, tokenizer_hash(section.model), os.path.basename(section.model),

@@ -46,7 +46,7 @@ class DrafterWorker:
         self.max_batch = max(1, max_batch)  # requests whose trees grow in one step
         self.info = fingerprint(vocab_size, hidden_size, tokenizer_hash, model_name)
         self.requests: dict[str, _Request] = {}
-        # under load the drafter idles (it still follows every commit) and its cores serve the verifier
+        # under load the drafter idles and only follows the commits
         self.gate = SpeculationGate(disable_at)  # the verifier's rule on the same count (workers/elastic.py)
         self._turn = 0
         self.compute_s = 0.0

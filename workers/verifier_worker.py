@@ -100,7 +100,7 @@ class VerifierWorker:
                            for greedy in (True, False) for source in ("drafter", "lookup", "hidden")}
         self.local_lookup = local_lookup
         self.merge_sources = merge_sources  # verify the union of a request's draft sources (False: the best one)
-        # under load speculation steps aside: root-only verifications, on the drafter's cores too (workers/elastic.py)
+        # under load speculation steps aside: root-only verifications (with a lease, on the drafter's cores too)
         self.gate, self.lease = SpeculationGate(disable_at), lease
         self.compute_s = 0.0
         self.counters = {"num_verifications": 0, "num_drafts": 0, "num_drafts_dropped": 0, "num_nodes_verified": 0,
