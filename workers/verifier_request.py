@@ -95,6 +95,10 @@ class VerifierRequest:
     def is_runnable(self) -> bool:
         return self.is_running and (self.mode != "sync" or self.is_fresh)
 
+    def can_verify(self, paused: bool) -> bool:
+        """Runnable now; with speculation paused (workers/elastic.py) a running request waits for no draft."""
+        return self.is_running if paused else self.is_runnable
+
     def receive(self, draft: Draft) -> None:
         """Keep the newest draft; drafts in between are never decoded. Sync mode wants one of this epoch."""
         if self.pending is not None:

@@ -271,7 +271,7 @@ class VerifierWorker:
 
     def has_work(self) -> bool:
         paused = self._is_paused()
-        return any(r.prefill is not None or r.is_runnable or (paused and r.is_running) for r in self.requests.values())
+        return any(r.prefill is not None or r.can_verify(paused) for r in self.requests.values())
 
     def _is_paused(self) -> bool:
         """Is speculation shut for the requests held now? Moves the verifier's cores with the gate.
@@ -295,7 +295,7 @@ class VerifierWorker:
         self._order = [r for r in self._order if r in self.requests]
         paused = self._is_paused()  # then every running request verifies root-only, waiting for no draft
         prefilling = [r for r in self._order if self.requests[r].prefill is not None]
-        runnable = [r for r in self._order if self.requests[r].is_runnable or (paused and self.requests[r].is_running)]
+        runnable = [r for r in self._order if self.requests[r].can_verify(paused)]
         if prefilling and (self._prefill_turn or not runnable):
             self._prefill_turn = False
             return self._prefill_step(prefilling)
