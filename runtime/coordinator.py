@@ -236,16 +236,18 @@ class Coordinator:
     def _on_draft(self, worker: Worker, message: Draft) -> None:
         """Step 4: forward at once; the verifier re-roots it along whatever it committed since."""
         request = self.requests.get(message.request_id)
-        if request is None or request.phase is not Phase.RUNNING or request.drafter != worker.identity \
-                or not 1 <= message.epoch <= request.epoch:
-            self.metrics.num_stale_dropped += 1
-            return
+        is_current = request is not None and request.phase is Phase.RUNNING and request.drafter == worker.identity
+        # malformed is a property of the message, whatever its request's state: checked first, so a bad tree
+        # counts as malformed even when its request finished while it was on the wire
         if (problem := self._draft_problem(message)) is not None:  # never reaches a verifier
             self.metrics.num_malformed_dropped += 1
-            log.warning("malformed draft for %s from %r: %s; going on without that drafter", request.request_id,
-                        worker.identity, problem)
-            self._unlink_drafter(request, failed=True)
-            self._steer(request)
+            log.warning("malformed draft for %s from %r: %s", message.request_id, worker.identity, problem)
+            if request is not None and is_current:  # the request goes on without that drafter
+                self._unlink_drafter(request, failed=True)
+                self._steer(request)
+            return
+        if request is None or not is_current or not 1 <= message.epoch <= request.epoch:
+            self.metrics.num_stale_dropped += 1
             return
         self.metrics.num_drafts_forwarded += 1
         self._send(request.verifier, message)

@@ -7,7 +7,8 @@ import random
 import pytest
 
 from protocol.codec import decode, encode
-from protocol.messages import Chunk, Committed, Draft, Generate, Message
+from protocol.messages import Blob, Chunk, Committed, Draft, Generate, Message
+from protocol.params import TreeConfig
 from runtime.config import TandemConfig
 from runtime.coordinator import Coordinator
 from tests.models import hf_greedy, tiny_model
@@ -89,6 +90,12 @@ def test_a_result_for_another_epoch_is_not_applied() -> None:
     assert coordinator.metrics.num_stale_dropped == 1
     coordinator.on_worker(b"unknown", forged)  # a worker that never said hello (or was dropped): stale
     assert coordinator.metrics.num_stale_dropped == 2 and request.committed == PROMPT
+
+
+def bad_draft(request_id: str, epoch: int, root: int) -> Draft:
+    """A draft whose one node names itself as its parent (a parent must come before its child)."""
+    return Draft(request_id, epoch, root, Blob("int64", (1,), (5).to_bytes(8, "little")),
+                 Blob("int64", (1,), (0).to_bytes(8, "little")), Blob("float32", (1,), bytes(4)))
 
 
 class Harness:
@@ -189,3 +196,28 @@ def test_a_new_verifier_resyncs_a_request_whose_verifier_died() -> None:
     harness.join(b"v2", VerifierWorker(TargetVerifier(tiny_model("llama", seed=11)), "v2"))
     assert harness.finished and harness.tokens == hf_greedy(tiny_model("llama", seed=11), PROMPT, 60)
     assert any(i == b"v2" and isinstance(m, Prefill) and not m.sample_next for i, m in harness.sent)
+
+
+def test_a_malformed_draft_counts_as_malformed_whatever_its_requests_state() -> None:
+    """Whether a bad tree arrives while its request runs or after the request finished (a race on a real
+    socket), it is counted malformed; only the running request's drafter is unlinked for it."""
+    harness = Harness.start("async")
+    coordinator = harness.coordinator
+    request = coordinator.requests["r1"]
+    assert request.drafter == b"d"
+    before = (coordinator.metrics.num_malformed_dropped, coordinator.metrics.num_stale_dropped)
+    coordinator.on_worker(b"d", wire(bad_draft("gone", 3, 7)))  # no such request (finished, or never was)
+    assert (coordinator.metrics.num_malformed_dropped, coordinator.metrics.num_stale_dropped) == \
+        (before[0] + 1, before[1])
+    assert request.drafter == b"d"
+    coordinator.on_worker(b"d", wire(bad_draft("r1", request.epoch, request.committed[-1])))  # its running request
+    assert (coordinator.metrics.num_malformed_dropped, coordinator.metrics.num_stale_dropped) == \
+        (before[0] + 2, before[1])
+    assert request.drafter is None  # unlinked: the request goes on without that drafter
+    good = Draft("r1", request.epoch, request.committed[-1], Blob("int64", (1,), (5).to_bytes(8, "little")),
+                 Blob("int64", (1,), (-1).to_bytes(8, "little", signed=True)), Blob("float32", (1,), bytes(4)))
+    coordinator.on_worker(b"d", wire(good))  # well formed, from a drafter the request no longer has: stale
+    assert (coordinator.metrics.num_malformed_dropped, coordinator.metrics.num_stale_dropped) == \
+        (before[0] + 2, before[1] + 1)
+    harness.join(b"d2", DrafterWorker(ModelDrafter(tiny_model("llama", seed=11)), TreeConfig(), "async", "d2"))
+    assert harness.finished and harness.tokens == hf_greedy(tiny_model("llama", seed=11), PROMPT, 60)
