@@ -73,6 +73,8 @@ class TreeConfig:
     max_living_nodes: int = 0  # cap of the living tree in async mode; 0 = 4 * total_tokens
     max_living_depth: int = 0  # the living tree grows this deep (0 = 2 * depth), so a re-rooted
     # subtree is still `depth` deep; snapshots never go below `depth`
+    prune_living: bool = True  # async: at the cap, drop the least likely leaves to keep growing the likeliest
+    # paths (while that is worth more than what it drops) instead of idling until the next commit
     spec_codes: frozenset[int] = field(init=False, repr=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:
@@ -83,6 +85,8 @@ class TreeConfig:
         for key in ("max_living_nodes", "max_living_depth"):
             if getattr(self, key) < 0:
                 raise ValueError(f"tree.{key} must be >= 0, got {getattr(self, key)!r}")
+        if not isinstance(self.prune_living, bool):
+            raise ValueError(f"tree.prune_living must be true or false, got {self.prune_living!r}")
         if self.static_paths is not None:
             paths = tuple(tuple(int(r) for r in p) for p in self.static_paths)
             _check_static_paths(paths)

@@ -54,6 +54,9 @@ class RuntimeMetrics:
             "verifier_busy_s": self.verifier_compute_s,
             "num_drafter_reroot_hits": hits,
             "num_drafter_commits": commits,
+            # full living trees that dropped their least likely leaves to keep growing (tree.prune_living)
+            "num_drafter_prunes": sum(s.get("num_prunes", 0) for s in drafters),
+            "num_drafter_nodes_pruned": sum(s.get("num_nodes_pruned", 0) for s in drafters),
             "num_prefixes_shared": sum(s.get("num_prefixes_shared", 0) for s in verifiers),  # n > 1 samples
             # speculation stepping aside under load (speculation.disable_at_requests; workers/elastic.py)
             "num_paused_batches": sum(s.get("num_paused_batches", 0) for s in verifiers),

@@ -50,7 +50,8 @@ class DrafterWorker:
         self.gate = SpeculationGate(disable_at)  # the verifier's rule on the same count (workers/elastic.py)
         self._turn = 0
         self.compute_s = 0.0
-        self.counters = {"num_drafts_sent": 0, "num_grow_steps": 0, "num_commits": 0, "num_reroot_hits": 0}
+        self.counters = {"num_drafts_sent": 0, "num_grow_steps": 0, "num_commits": 0, "num_reroot_hits": 0,
+                         "num_prunes": 0, "num_nodes_pruned": 0}
         self.step_cost = VerifyCost(max(int(getattr(tree, "top_k", 1)), 1))  # seconds of a step by leaves expanded
 
     def hello(self) -> Hello:
@@ -144,6 +145,11 @@ class DrafterWorker:
         self._turn += 1
         growable.sort(key=lambda item: (item[1].session.tree.num_nodes, item[1].last_grown))
         chosen = growable[: self.max_batch]
+        for _, request in chosen:  # a full tree drops its least likely leaves rather than stop (tree.prune_living)
+            size = request.session.tree.num_nodes
+            if request.session.make_room():
+                self.counters["num_prunes"] += 1
+                self.counters["num_nodes_pruned"] += size - request.session.tree.num_nodes
         expansions = self._expansions([r.session for _, r in chosen])
         start = time.perf_counter()
         with tracer.span("draft_step", rows=len(chosen), nodes=sum(r.session.tree.num_nodes for _, r in chosen),

@@ -7,13 +7,14 @@ ranks (Falcon's custom-designed decoding tree), e.g. ((0,), (1,), (0, 0)).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from protocol.params import TreeConfig
 from workers.tree import ROOT, DraftTree
 
-__all__ = ["TreeConfig", "children_to_add", "expansion_values", "pick_expansions", "rank_path_codes",
-           "sibling_ranks"]
+__all__ = ["TreeConfig", "children_to_add", "expansion_values", "leaves_to_prune", "pick_expansions",
+           "rank_path_codes", "sibling_ranks"]
 
 
 def sibling_ranks(tree: DraftTree) -> torch.Tensor:
@@ -55,6 +56,45 @@ def pick_expansions(tree: DraftTree, config: TreeConfig, limit: int | None = Non
     scores = tree.path_probs()[candidates]
     order = torch.argsort(scores, descending=True, stable=True)[: min(limit or config.top_k, config.top_k)]
     return candidates[order]
+
+
+def leaves_to_prune(tree: DraftTree, config: TreeConfig, added_per_expansion: int) -> torch.Tensor:
+    """Leaves a living tree at its cap drops so that it can keep growing (sorted indices; empty: none).
+
+    A full tree stops growing, and the drafter idles until the next commit. Instead, the open leaves a
+    step would expand next (the likeliest, best first) each displace the `added_per_expansion` least
+    likely leaves, as long as the leaf is worth more than those together (drafter path probabilities:
+    the expected number of a node's path entries the target accepts). Whatever exceeds the cap already
+    (a step may overshoot it) goes first, least likely first, when at least one expansion is worth it;
+    when none is, nothing is dropped and the tree stops growing. A parent's most likely child is never
+    dropped, so every expanded node keeps a child and "expanded" still means "has children". Static
+    trees and `prune_living: false` never prune.
+    """
+    n = tree.num_nodes
+    if config.is_static or not config.prune_living or n < config.living_cap:
+        return torch.zeros(0, dtype=torch.long)
+    parents, depths = tree.parents.numpy(), tree.depths.numpy()
+    values = tree.path_probs().numpy()
+    is_leaf = np.ones(n, dtype=bool)
+    is_leaf[parents[parents >= 0]] = False
+    by_parent = np.lexsort((np.arange(n), -tree.probs.numpy(), parents))  # each parent's children, best first
+    is_best = np.zeros(n, dtype=bool)
+    is_best[by_parent[np.r_[True, parents[by_parent][1:] != parents[by_parent][:-1]]]] = True
+    expand = np.flatnonzero(is_leaf & (depths < config.living_depth))
+    expand = expand[np.argsort(-values[expand], kind="stable")][: config.top_k]
+    pool = np.setdiff1d(np.flatnonzero(is_leaf & ~is_best), expand)  # the leaves to expand stay
+    pool = pool[np.argsort(values[pool], kind="stable")]  # least likely first
+    excess = n - config.living_cap
+    drop, pool = pool[:excess], pool[excess:]
+    num_expansions = 0
+    for leaf in expand:
+        if pool.size < added_per_expansion or values[leaf] <= values[pool[:added_per_expansion]].sum():
+            break
+        drop, pool = np.concatenate([drop, pool[:added_per_expansion]]), pool[added_per_expansion:]
+        num_expansions += 1
+    if not num_expansions:  # nothing worth growing: the tree stays as it is
+        return torch.zeros(0, dtype=torch.long)
+    return torch.from_numpy(np.sort(drop).astype(np.int64))
 
 
 def expansion_values(tree: DraftTree, config: TreeConfig, nodes: torch.Tensor | None = None) -> torch.Tensor:

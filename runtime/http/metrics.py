@@ -31,6 +31,8 @@ _COUNTERS = (
                                                                           "drafter's living tree (re-rooted)."),
     ("tandem:spec_decode_drafts_forwarded", "num_drafts_forwarded", "Draft trees streamed to verifiers."),
     ("tandem:spec_decode_drafter_commits", "num_drafter_commits", "Commits applied by drafters."),
+    ("tandem:spec_decode_drafter_prunes", "num_drafter_prunes", "Drafter steps that dropped a full living tree's "
+                                                                 "least likely leaves to keep growing."),
     ("tandem:spec_decode_paused_batches", "num_paused_batches", "Verification forwards run root-only because "
                                                                 "speculation was paused under load."),
     ("tandem:num_stale_dropped", "num_stale_dropped", "Messages dropped because their epoch was stale."),

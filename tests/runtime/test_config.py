@@ -143,6 +143,7 @@ BAD_VALUES = [
     ("speculation.tree.depth", -1),
     ("speculation.tree.top_k", "8"),
     ("speculation.tree.max_living_nodes", -1),
+    ("speculation.tree.prune_living", "yes"),
     ("speculation.tree.static_paths", [[0, 1]]),  # parent path [0] missing
     ("speculation.tree.static_paths", [0, 1]),
     ("limits.max_prompt_tokens", 0),

@@ -3,6 +3,8 @@ the same on every run and its output is the target's own."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from runtime.bench.simulate import Timing, simulate
 from runtime.builders import load_tokenizer
 from tests.models import hf_greedy
@@ -25,3 +27,20 @@ def test_simulation_is_exact_and_repeatable() -> None:
     assert off.verifier_busy_s > 23 * Timing().verify_s(0)
     assert first.metrics["num_verifications"] < 23  # the drafter's trees were accepted at least once
     assert 0 < first.drafter_busy_s < first.seconds[0]
+
+
+def test_a_pruning_drafter_keeps_growing_and_stays_exact(tmp_path: Path) -> None:
+    """With `tree.prune_living` a full living tree drops leaves and grows on instead of idling; without it the
+    drafter idles more. Both outputs are the target's own."""
+    ids = load_tokenizer("models/demo/target").encode(PROMPT, add_special_tokens=False)
+    reference = hf_greedy(load_causal_lm("models/demo/target"), ids, 48)
+    text = Path(CONFIG).read_text().replace("models/demo", str(Path("models/demo").resolve()))
+    off = tmp_path / "off.yaml"
+    off.write_text(text.replace("top_k: 8}", "top_k: 8, prune_living: false}"))
+    pruning = simulate(CONFIG, [ids], 48, mode="async")
+    stopping = simulate(str(off), [ids], 48, mode="async")
+    assert pruning.outputs == stopping.outputs == [reference]
+    assert pruning.metrics["num_drafter_prunes"] > 0 and pruning.metrics["num_drafter_nodes_pruned"] > 0
+    assert stopping.metrics["num_drafter_prunes"] == 0
+    # on the virtual clock: the share of the run the drafter spent growing
+    assert pruning.drafter_busy_s / sum(pruning.seconds) > stopping.drafter_busy_s / sum(stopping.seconds)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workers.tree import ROOT, DraftTree
-from workers.tree_policy import TreeConfig, children_to_add, pick_expansions, rank_path_codes
+from workers.tree_policy import TreeConfig, children_to_add, leaves_to_prune, pick_expansions, rank_path_codes
 
 
 def test_config_validation_names_key() -> None:
@@ -64,3 +64,41 @@ def test_dynamic_expansion_respects_depth_and_cap() -> None:
     assert tree.max_depth <= 2
     assert tree.num_nodes <= 6 + 2 * config.top_k
     assert pick_expansions(tree, config).numel() == 0
+
+
+def _pruning_tree() -> DraftTree:
+    """ROOT: A .9, B .1; A: C .8, D .2; B: E .6, F .4; C: G .9, H .1 (path probabilities A .9, B .1, C .72,
+    D .18, E .06, F .04, G .648, H .072)."""
+    return DraftTree.from_lists([1, 2, 3, 4, 5, 6, 7, 8], [ROOT, ROOT, 0, 0, 1, 1, 2, 2],
+                                [0.9, 0.1, 0.8, 0.2, 0.6, 0.4, 0.9, 0.1])
+
+
+def test_leaves_to_prune_drops_the_least_likely_leaves_for_the_likeliest_expansion() -> None:
+    tree = _pruning_tree()
+    at_cap = TreeConfig(total_tokens=2, depth=4, top_k=2, max_living_nodes=8)
+    # leaves D E F G H; each parent's best child (A C E G) stays; G and D would be expanded next, so they
+    # stay; G (.648) is worth more than the two least likely others, F and H (.04 + .072): they go
+    assert leaves_to_prune(tree, at_cap, 2).tolist() == [5, 7]
+    # D (.18) would displace two more, but no prunable leaf is left; one each: G displaces F, D displaces H
+    assert leaves_to_prune(tree, at_cap, 1).tolist() == [5, 7]
+    over = TreeConfig(total_tokens=2, depth=4, top_k=2, max_living_nodes=7)
+    # one node over the cap: the least likely prunable leaf (F) goes first, then H for G
+    assert leaves_to_prune(tree, over, 1).tolist() == [5, 7]
+    # with F gone, H alone is too few for G's two children: no expansion is worth it, nothing is dropped
+    assert leaves_to_prune(tree, over, 2).numel() == 0
+    kept = torch.ones(tree.num_nodes, dtype=torch.bool)
+    kept[leaves_to_prune(tree, at_cap, 2)] = False
+    pruned = tree.select(torch.nonzero(kept).flatten())  # ancestor-closed: select would raise otherwise
+    assert pruned.num_nodes == 6 and pick_expansions(pruned, at_cap).numel() > 0
+
+
+def test_leaves_to_prune_keeps_what_is_worth_as_much_as_an_expansion() -> None:
+    even = DraftTree.from_lists([1, 2, 3, 4, 5, 6], [ROOT, ROOT, 0, 0, 1, 1], [0.5] * 6)  # leaves all .25
+    config = TreeConfig(total_tokens=2, depth=4, top_k=2, max_living_nodes=6)
+    assert leaves_to_prune(even, config, 1).numel() == 0  # .25 is not worth more than .25
+    tree = _pruning_tree()
+    below = TreeConfig(total_tokens=2, depth=4, top_k=2, max_living_nodes=9)
+    static = TreeConfig(static_paths=((0,), (1,), (0, 0)), max_living_nodes=2)
+    off = TreeConfig(total_tokens=2, depth=4, top_k=2, max_living_nodes=8, prune_living=False)
+    for config in (below, static, off):
+        assert leaves_to_prune(tree, config, 2).numel() == 0

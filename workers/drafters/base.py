@@ -49,6 +49,11 @@ class DraftSession(ABC):
         what each expansion is worth. Drafters that do not expand leaves report one step worth 1."""
         return torch.ones(1)
 
+    def make_room(self) -> bool:
+        """Async, at the living cap: drop leaves so the next `grow()` can go on (True when any were).
+        Drafters that expand leaves prune (workers/tree_policy.py `leaves_to_prune`); others never do."""
+        return False
+
     def draft(self) -> DraftTree:
         """Sync mode: grow enough steps to reach the depth budget, then take a snapshot."""
         return draft_many([self], lambda sessions, limits: [s.grow(e) for s, e in

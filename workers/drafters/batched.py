@@ -28,7 +28,7 @@ import torch
 from workers.batch_mask import Row, batch_inputs
 from workers.drafters.base import Drafter, DraftSession
 from workers.slot_cache import SlotCache
-from workers.tree_policy import TreeConfig
+from workers.tree_policy import TreeConfig, leaves_to_prune
 
 INITIAL_SLOTS, INITIAL_LENGTH = 4, 512
 WIDE_ROW = 32  # a row wider than this and than twice the batch's median width runs in a forward of its own
@@ -68,6 +68,22 @@ class BatchedSession(DraftSession):
         if self.slot < 0:  # released, then reset: take a slot again
             self.slot = self.owner.allocate_slot()
         return self.slot
+
+    def make_room(self) -> bool:
+        drop = leaves_to_prune(self.tree, self.config, self.tokens_per_step * self.config.top_k)
+        if not drop.numel():
+            return False
+        keep = torch.ones(self.tree.num_nodes, dtype=torch.bool)
+        keep[drop] = False
+        kept = torch.nonzero(keep).flatten()
+        self._on_prune(kept)
+        self.tree = self.tree.select(kept)
+        return True
+
+    @abstractmethod
+    def _on_prune(self, kept: torch.Tensor) -> None:
+        """Per-node state follows a prune to the nodes `kept` (ascending). Only leaves without a cached entry
+        are ever dropped, so the slot's entries stay as they are."""
 
     @abstractmethod
     def plan(self, max_expansions: int | None) -> StepPlan | None:

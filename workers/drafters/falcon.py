@@ -268,6 +268,12 @@ class FalconSession(BatchedSession):
     def _check_commit_features(self, num_new: int, features: torch.Tensor | None) -> None:
         self._check_features(features, num_new)
 
+    def _on_prune(self, kept: torch.Tensor) -> None:
+        if int((self._slots >= 0).sum()) != int((self._slots[kept] >= 0).sum()):
+            raise RuntimeError("a pruned node had a cached pair")
+        self._features = self._features[kept.to(self._features.device)]
+        self._slots = self._slots[kept]
+
     def _on_reroot(self, path: list[int], old_len: int, features: torch.Tensor | None) -> None:
         new = self._check_features(features, len(self.committed_ids) - old_len)
         below = self.tree.ancestors()[:, path[-1]].clone()  # same rows DraftTree.subtree keeps, same order

@@ -54,6 +54,13 @@ class ModelSession(BatchedSession):
     def expansion_values(self) -> torch.Tensor:
         return expansion_values(self.tree, self.config)
 
+    def _on_prune(self, kept: torch.Tensor) -> None:
+        self._align_nodes()
+        if int((self.node_slots >= 0).sum()) != int((self.node_slots[kept] >= 0).sum()):
+            raise RuntimeError("a pruned node had a cached entry")
+        self.node_slots, self.node_top_ids = self.node_slots[kept], self.node_top_ids[kept]
+        self.node_top_probs, self.node_has_top = self.node_top_probs[kept], self.node_has_top[kept]
+
     def plan(self, max_expansions: int | None) -> StepPlan | None:
         picked = pick_expansions(self.tree, self.config, max_expansions)
         if picked.numel() == 0:

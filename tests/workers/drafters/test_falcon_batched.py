@@ -3,6 +3,7 @@ leave a slot holding what a fresh prefill holds, and slots come and go with sess
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from tests.workers.drafters.test_falcon import (
     first_child_token,
     make_drafter,
     open_session,
+    path_to,
     tiny_target,
 )
 from workers.drafters.batched import INITIAL_LENGTH, INITIAL_SLOTS
@@ -198,3 +200,54 @@ def test_a_process_ending_with_falcon_sessions_open_exits_cleanly() -> None:
                           cwd=Path(__file__).resolve().parents[3])
     assert done.returncode == 0, done.stderr[-2000:]
     assert "opened 3" in done.stdout and "INTERNAL ASSERT" not in done.stderr
+
+
+@pytest.mark.parametrize("block_size", [1, 2])
+def test_a_full_living_tree_prunes_and_grows_on_as_a_fresh_session_would(target: LlamaForCausalLM,
+                                                                         block_size: int) -> None:
+    """At the cap the session drops its least likely leaves and keeps growing; what it grows after a prune
+    is what a fresh session computes from the expanded node's path (its cache and features stayed aligned)."""
+    drafter = make_drafter(target, block_size)
+    config = TreeConfig(total_tokens=8, depth=6, top_k=3, max_living_nodes=24)
+    committed = prompts([12])[0]
+
+    def steps_until_full(session: FalconSession) -> int:
+        steps = 0
+        while steps < 40 and (session.make_room() or True) and session.grow():
+            steps += 1
+        return steps
+
+    stopping = open_session(drafter, target, committed, dataclasses.replace(config, prune_living=False))
+    num_full = steps_until_full(stopping)
+    assert num_full < 40  # without pruning it stops at the cap
+    session = open_session(drafter, target, committed, config)
+    for _ in range(num_full):
+        assert session.grow()
+    num_prunes = num_steps = 0
+    leaves: set[int] = set()
+    for _ in range(6):
+        old_tree, old_features = session.tree, session.node_features.clone()
+        if not session.make_room():
+            break
+        num_prunes += 1
+        assert session.tree.num_nodes < old_tree.num_nodes
+        assert session.node_features.shape[0] == session.tree.num_nodes
+        for node in range(session.tree.num_nodes):  # every survivor keeps its probability and its feature
+            old_node = old_tree.follow(session.tree.token_ids[path_to(session.tree, node)].tolist())[-1]
+            assert float(session.tree.probs[node]) == float(old_tree.probs[old_node])
+            assert torch.equal(session.node_features[node], old_features[old_node])
+        leaves = {n for n in range(session.tree.num_nodes) if not session.tree.children(n).numel()}
+        assert session.grow()  # it goes on where the capped session stopped
+        num_steps += 1
+    assert num_prunes == num_steps >= 1
+    expanded = [n for n in leaves if session.tree.children(n).numel()]
+    assert expanded
+    true_features = features_of(target, committed)[:-1]
+    for node in expanded:
+        path = path_to(session.tree, node)
+        fresh = drafter.open(committed + session.tree.token_ids[path].tolist(), config,
+                             torch.cat([true_features, session.node_features[path]]))
+        assert fresh.grow()
+        got, want = session.tree.children(node), fresh.tree.children(ROOT)
+        assert torch.equal(session.tree.token_ids[got], fresh.tree.token_ids[want])
+        torch.testing.assert_close(session.tree.probs[got], fresh.tree.probs[want], atol=1e-5, rtol=0)

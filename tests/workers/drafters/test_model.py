@@ -75,3 +75,28 @@ def test_vocab_mismatch_names_both_sides() -> None:
     drafter = ModelDrafter(tiny_model("llama", vocab_size=80))
     with pytest.raises(ModelMismatchError, match=r"80.*96"):
         drafter.check_target(96, 64)
+
+
+def test_a_full_living_tree_prunes_and_grows_on_with_exact_probabilities() -> None:
+    """At the cap the session drops its least likely leaves and keeps growing (`tree.prune_living`); every
+    node's probability still equals a full forward of its path, so the cache followed the prune."""
+    model = tiny_model("llama", seed=3)
+    with torch.no_grad():  # a confident drafter: a flat one never finds an expansion worth what it drops
+        model.lm_head.weight.mul_(6.0)
+    config = TreeConfig(total_tokens=4, depth=6, top_k=3, max_living_nodes=16)
+    session = ModelDrafter(model).open([5, 6, 7, 8], config)
+    assert isinstance(session, ModelSession)
+    while session.grow():
+        pass
+    full = session.tree.num_nodes
+    assert full >= config.living_cap
+    num_prunes = 0
+    for _ in range(4):
+        if not session.make_room():
+            break
+        num_prunes += 1
+        assert session.tree.num_nodes < full
+        assert session.grow()
+        full = session.tree.num_nodes
+    assert num_prunes >= 1
+    assert_probs_exact(model, session)
