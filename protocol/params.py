@@ -73,8 +73,9 @@ class TreeConfig:
     max_living_nodes: int = 0  # cap of the living tree in async mode; 0 = 4 * total_tokens
     max_living_depth: int = 0  # the living tree grows this deep (0 = 2 * depth), so a re-rooted
     # subtree is still `depth` deep; snapshots never go below `depth`
-    prune_living: bool = True  # async: at the cap, drop the least likely leaves to keep growing the likeliest
-    # paths (while that is worth more than what it drops) instead of idling until the next commit
+    prune_living: bool = False  # async: at the cap, drop the least likely leaves to keep growing the likeliest
+    # paths (while that is worth more than what it drops) instead of idling until the next commit; off by
+    # default: on a 2-core CPU the idle drafter's core is where the coordinator and clients run (performance.md)
     spec_codes: frozenset[int] = field(init=False, repr=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:

@@ -30,15 +30,16 @@ def test_simulation_is_exact_and_repeatable() -> None:
 
 
 def test_a_pruning_drafter_keeps_growing_and_stays_exact(tmp_path: Path) -> None:
-    """With `tree.prune_living` a full living tree drops leaves and grows on instead of idling; without it the
-    drafter idles more. Both outputs are the target's own."""
+    """With `tree.prune_living` a full living tree drops leaves and grows on instead of idling; without it (the
+    default) the drafter idles more. Both outputs are the target's own."""
     ids = load_tokenizer("models/demo/target").encode(PROMPT, add_special_tokens=False)
     reference = hf_greedy(load_causal_lm("models/demo/target"), ids, 48)
     text = Path(CONFIG).read_text().replace("models/demo", str(Path("models/demo").resolve()))
-    off = tmp_path / "off.yaml"
-    off.write_text(text.replace("top_k: 8}", "top_k: 8, prune_living: false}"))
-    pruning = simulate(CONFIG, [ids], 48, mode="async")
-    stopping = simulate(str(off), [ids], 48, mode="async")
+    on = tmp_path / "on.yaml"
+    on.write_text(text.replace("top_k: 8}", "top_k: 8, prune_living: true}"))
+    assert on.read_text() != text
+    pruning = simulate(str(on), [ids], 48, mode="async")
+    stopping = simulate(CONFIG, [ids], 48, mode="async")
     assert pruning.outputs == stopping.outputs == [reference]
     assert pruning.metrics["num_drafter_prunes"] > 0 and pruning.metrics["num_drafter_nodes_pruned"] > 0
     assert stopping.metrics["num_drafter_prunes"] == 0

@@ -75,13 +75,13 @@ def _pruning_tree() -> DraftTree:
 
 def test_leaves_to_prune_drops_the_least_likely_leaves_for_the_likeliest_expansion() -> None:
     tree = _pruning_tree()
-    at_cap = TreeConfig(total_tokens=2, depth=4, top_k=2, max_living_nodes=8)
+    at_cap = TreeConfig(total_tokens=2, depth=4, top_k=2, max_living_nodes=8, prune_living=True)
     # leaves D E F G H; each parent's best child (A C E G) stays; G and D would be expanded next, so they
     # stay; G (.648) is worth more than the two least likely others, F and H (.04 + .072): they go
     assert leaves_to_prune(tree, at_cap, 2).tolist() == [5, 7]
     # D (.18) would displace two more, but no prunable leaf is left; one each: G displaces F, D displaces H
     assert leaves_to_prune(tree, at_cap, 1).tolist() == [5, 7]
-    over = TreeConfig(total_tokens=2, depth=4, top_k=2, max_living_nodes=7)
+    over = TreeConfig(total_tokens=2, depth=4, top_k=2, max_living_nodes=7, prune_living=True)
     # one node over the cap: the least likely prunable leaf (F) goes first, then H for G
     assert leaves_to_prune(tree, over, 1).tolist() == [5, 7]
     # with F gone, H alone is too few for G's two children: no expansion is worth it, nothing is dropped
@@ -94,11 +94,11 @@ def test_leaves_to_prune_drops_the_least_likely_leaves_for_the_likeliest_expansi
 
 def test_leaves_to_prune_keeps_what_is_worth_as_much_as_an_expansion() -> None:
     even = DraftTree.from_lists([1, 2, 3, 4, 5, 6], [ROOT, ROOT, 0, 0, 1, 1], [0.5] * 6)  # leaves all .25
-    config = TreeConfig(total_tokens=2, depth=4, top_k=2, max_living_nodes=6)
+    config = TreeConfig(total_tokens=2, depth=4, top_k=2, max_living_nodes=6, prune_living=True)
     assert leaves_to_prune(even, config, 1).numel() == 0  # .25 is not worth more than .25
     tree = _pruning_tree()
-    below = TreeConfig(total_tokens=2, depth=4, top_k=2, max_living_nodes=9)
-    static = TreeConfig(static_paths=((0,), (1,), (0, 0)), max_living_nodes=2)
-    off = TreeConfig(total_tokens=2, depth=4, top_k=2, max_living_nodes=8, prune_living=False)
+    below = TreeConfig(total_tokens=2, depth=4, top_k=2, max_living_nodes=9, prune_living=True)
+    static = TreeConfig(static_paths=((0,), (1,), (0, 0)), max_living_nodes=2, prune_living=True)
+    off = TreeConfig(total_tokens=2, depth=4, top_k=2, max_living_nodes=8)  # the default
     for config in (below, static, off):
         assert leaves_to_prune(tree, config, 2).numel() == 0

@@ -208,7 +208,7 @@ def test_a_full_living_tree_prunes_and_grows_on_as_a_fresh_session_would(target:
     """At the cap the session drops its least likely leaves and keeps growing; what it grows after a prune
     is what a fresh session computes from the expanded node's path (its cache and features stayed aligned)."""
     drafter = make_drafter(target, block_size)
-    config = TreeConfig(total_tokens=8, depth=6, top_k=3, max_living_nodes=24)
+    config = TreeConfig(total_tokens=8, depth=6, top_k=3, max_living_nodes=24, prune_living=True)
     committed = prompts([12])[0]
 
     def steps_until_full(session: FalconSession) -> int:

@@ -83,7 +83,7 @@ def test_a_full_living_tree_prunes_and_grows_on_with_exact_probabilities() -> No
     model = tiny_model("llama", seed=3)
     with torch.no_grad():  # a confident drafter: a flat one never finds an expansion worth what it drops
         model.lm_head.weight.mul_(6.0)
-    config = TreeConfig(total_tokens=4, depth=6, top_k=3, max_living_nodes=16)
+    config = TreeConfig(total_tokens=4, depth=6, top_k=3, max_living_nodes=16, prune_living=True)
     session = ModelDrafter(model).open([5, 6, 7, 8], config)
     assert isinstance(session, ModelSession)
     while session.grow():
