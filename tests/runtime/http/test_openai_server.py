@@ -356,6 +356,7 @@ def test_metrics_agree_with_request_stats(base_url: str) -> None:
     assert delta("tandem:e2e_request_latency_seconds_count") == 2
     assert delta("tandem:time_to_first_token_seconds_count") == 2
     assert after[("tandem:num_requests_running", ())] == 0
+    assert after[("tandem:spec_decode_drafter_prunes_total", ())] == 0  # exported; `prune_living` is off by default
 
 
 def scrape(base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
