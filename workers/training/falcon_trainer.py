@@ -6,6 +6,7 @@ saved to disk. Devices and dtypes: workers/training/precision.py.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -48,13 +49,27 @@ def build_drafter(target_dir: str | Path, target_config: Any, num_layers: int, b
 
 
 def init_from(model: FalconDrafterModel, drafter_dir: str | Path) -> None:
-    """Start from a saved drafter's weights (fine-tuning); its shape must equal `model`'s."""
+    """Start from a saved drafter's weights (fine-tuning). Its shape must equal `model`'s, or differ only by
+    having fewer layers: then the saved layers become the first ones, and each extra layer starts with its
+    output projections (attention's `o_proj`, the MLP's `down_proj`) at zero, so it adds nothing to the
+    residual stream and the deeper drafter starts out computing exactly what the saved one does."""
     path = Path(drafter_dir)
     saved = FalconConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
-    if saved != model.config:
-        raise ValueError(f"--init {path}: its config {saved} differs from the drafter being trained {model.config}")
+    deeper = dataclasses.replace(saved, num_layers=model.config.num_layers) == model.config \
+        and saved.num_layers < model.config.num_layers
+    if saved != model.config and not deeper:
+        raise ValueError(f"--init {path}: its config {saved} differs from the drafter being trained {model.config} "
+                         "(only a drafter with more layers can start from it)")
     weights = load_file(path / WEIGHTS_FILE)
-    model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=not deeper)
+    new_layers = range(saved.num_layers, model.config.num_layers)
+    if unexpected or any(not k.startswith(tuple(f"layers.{i}." for i in new_layers)) for k in missing):
+        raise ValueError(f"--init {path}: weights do not match the drafter (missing {missing}, extra {unexpected})")
+    with torch.no_grad():
+        for i in new_layers:
+            layer: Any = model.layers[i]
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
 
 
 @dataclass(frozen=True)

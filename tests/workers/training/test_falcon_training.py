@@ -16,6 +16,7 @@ from workers.training.falcon_trainer import (
     FalconBatches,
     build_drafter,
     held_out_metrics,
+    init_from,
     load_frozen_target,
     make_step_fn,
     save_drafter,
@@ -90,3 +91,24 @@ def test_saved_drafter_loads_through_falcon_drafter(target_dir: Path, tmp_path: 
     with torch.no_grad():
         torch.testing.assert_close(loaded(inputs, mask, positions), model(inputs, mask, positions),
                                    atol=atol, rtol=0)
+
+
+def test_a_deeper_drafter_starts_from_a_saved_one_computing_the_same(target_dir: Path, tmp_path: Path) -> None:
+    """`--init` with more layers: the saved layers come first, each new layer adds nothing until trained; any
+    other difference is refused."""
+    target = load_frozen_target(target_dir)
+    saved = build_drafter(target_dir, target.config, num_layers=1, block_size=2, seed=3).eval()
+    save_drafter(saved, tmp_path / "falcon", "float32")
+    deeper = build_drafter(target_dir, target.config, num_layers=2, block_size=2, seed=4).eval()
+    init_from(deeper, tmp_path / "falcon")
+    inputs, mask, positions = torch.randn(1, 5, 32), torch.zeros(1, 1, 5, 5), torch.arange(5)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(deeper(inputs, mask, positions), saved(inputs, mask, positions), atol=1e-6, rtol=0)
+        assert deeper.layers[1].mlp.up_proj.weight.abs().sum() > 0  # the new layer itself is not zero
+    wider = build_drafter(target_dir, target.config, num_layers=1, block_size=3, seed=4)
+    with pytest.raises(ValueError, match="differs"):
+        init_from(wider, tmp_path / "falcon")
+    shallower_dir = tmp_path / "deep"
+    save_drafter(deeper, shallower_dir, "float32")
+    with pytest.raises(ValueError, match="differs"):  # fewer layers than saved: refused
+        init_from(build_drafter(target_dir, target.config, num_layers=1, block_size=2, seed=4), shallower_dir)
