@@ -18,7 +18,7 @@ temperature 0.
 | `--corpus` | `stdlib` | `stdlib`, a directory of text files, or a JSONL file ("text" or chat "messages" per line) |
 | `--extra-corpus` | none | a second corpus mixed into every batch (e.g. scripts/gen_distill_data.py's JSONL) |
 | `--extra-share` | 0.5 | share of each batch's windows drawn from `--extra-corpus` (rounded to whole windows) |
-| `--init` | none | start from this saved drafter's weights (fine-tuning; fresh optimizer; same shape, or fewer layers: new layers start adding nothing) |
+| `--init` | none | start from a saved drafter (fresh optimizer; same shape, or fewer layers: new ones add nothing) |
 | `--chat-template` | the tokenizer's | Jinja chat template file, for a tokenizer without one (needed for chat data) |
 | `--device` | `cpu` | `cpu`, `cuda` or `cuda:N`: where the target and the drafter run |
 | `--dtype` | `float32` | target dtype (`float32`, `bfloat16`, `float16`); `bfloat16` also autocasts the drafter |
