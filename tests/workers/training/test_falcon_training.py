@@ -104,7 +104,8 @@ def test_a_deeper_drafter_starts_from_a_saved_one_computing_the_same(target_dir:
     inputs, mask, positions = torch.randn(1, 5, 32), torch.zeros(1, 1, 5, 5), torch.arange(5)[None]
     with torch.no_grad():
         torch.testing.assert_close(deeper(inputs, mask, positions), saved(inputs, mask, positions), atol=1e-6, rtol=0)
-        assert deeper.layers[1].mlp.up_proj.weight.abs().sum() > 0  # the new layer itself is not zero
+        new_layer: Any = deeper.layers[1]
+        assert new_layer.mlp.up_proj.weight.abs().sum() > 0  # the new layer itself is not zero
     wider = build_drafter(target_dir, target.config, num_layers=1, block_size=3, seed=4)
     with pytest.raises(ValueError, match="differs"):
         init_from(wider, tmp_path / "falcon")
